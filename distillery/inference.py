@@ -1,0 +1,173 @@
+"""Inference backends behind one interface: generate answers, or score a label set.
+
+- `TransformersBackend` (CPU and GPU): batched, left-padded generation with the KV cache; documents
+  sorted by length so a batch pads little; greedy or sampled; a token budget per document.
+  `score_labels` runs each prompt once, then every label's tokens on top of the prompt's cached
+  keys and values: one forward pass per batch gives a distribution over exactly the label set.
+- `VLLMBackend` (GPU): offline `LLM.generate` with structured outputs, prefix caching and LoRA
+  requests. Written against vLLM's documented API (>= 0.12, `StructuredOutputsParams`); it needs a
+  CUDA GPU and the vllm wheel, which the test machines lack, so it is not exercised by the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from distillery.models import device, load_model
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    confidence: float  # probability of the tokens of the first answer item (greedy path)
+    tokens: int
+
+
+class Backend(Protocol):
+    def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 num_samples: int = 1, seed: int = 0) -> list[list[Generation]]: ...
+
+
+def _first_item_end(texts: list[str]) -> int:
+    """How many generated tokens make up the first answer item (up to the first ';' or newline)."""
+    joined = ""
+    for n, t in enumerate(texts):
+        joined += t
+        stripped = joined.strip()
+        if stripped and any(sep in t for sep in (";", "\n")):
+            return n
+    return len(texts)
+
+
+class TransformersBackend:
+    def __init__(self, model_path: str, *, batch_size: int = 8, model=None, tokenizer=None):
+        if model is None:
+            model, tokenizer = load_model(model_path)
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size = batch_size
+
+    def _encode(self, prompts: list[str]):
+        return self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 num_samples: int = 1, seed: int = 0) -> list[list[Generation]]:
+        torch.manual_seed(seed)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[list[Generation]] = [[] for _ in prompts]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            enc = self._encode([prompts[i] for i in idx])
+            gen = self.model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                num_return_sequences=num_samples, output_scores=True, return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            scores = self.model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
+            new = gen.sequences[:, enc["input_ids"].shape[1]:]
+            for row in range(new.shape[0]):
+                out[idx[row // num_samples]].append(self._generation(new[row], scores[row]))
+        return out
+
+    def _generation(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> Generation:
+        keep = tokens != self.tokenizer.pad_token_id
+        if self.tokenizer.eos_token_id is not None:
+            eos = (tokens == self.tokenizer.eos_token_id).nonzero()
+            if len(eos):
+                keep[int(eos[0]):] = False
+        tokens, logprobs = tokens[keep], logprobs[keep]
+        pieces = [self.tokenizer.decode([t]) for t in tokens.tolist()]
+        first = _first_item_end(pieces)
+        lp = float(logprobs[:first].sum()) if first else float("-inf")
+        return Generation("".join(pieces) if pieces else "", math.exp(lp) if math.isfinite(lp) else 0.0, len(pieces))
+
+    @torch.inference_mode()
+    def score_labels(self, prompts: list[str], labels: list[str]) -> torch.Tensor:
+        """P(label | prompt) over exactly `labels`, one row per prompt: [len(prompts), len(labels)]."""
+        tok = self.tokenizer
+        label_ids = [tok(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+        width = max(len(ids) for ids in label_ids)
+        lab = torch.full((len(labels), width), tok.pad_token_id, dtype=torch.long)
+        lab_mask = torch.zeros((len(labels), width), dtype=torch.long)
+        for j, ids in enumerate(label_ids):
+            lab[j, : len(ids)] = torch.tensor(ids)
+            lab_mask[j, : len(ids)] = 1
+        lab, lab_mask = lab.to(self.model.device), lab_mask.to(self.model.device)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out = torch.zeros((len(prompts), len(labels)))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            out[idx] = self._score_batch([prompts[i] for i in idx], lab, lab_mask).float().cpu()
+        return out
+
+    def _score_batch(self, prompts: list[str], lab: torch.Tensor, lab_mask: torch.Tensor) -> torch.Tensor:
+        enc = self._encode(prompts)
+        mask = enc["attention_mask"]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        first = self.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True)
+        b, n_lab = mask.shape[0], lab.shape[0]
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(n_lab)
+        ids = lab.repeat(b, 1)
+        lmask = lab_mask.repeat(b, 1)
+        full_mask = torch.cat([mask.repeat_interleave(n_lab, 0), lmask], dim=1)
+        start = mask.sum(-1, keepdim=True).repeat_interleave(n_lab, 0)
+        lpos = start + torch.arange(ids.shape[1], device=ids.device)
+        cont = self.model(input_ids=ids, attention_mask=full_mask, position_ids=lpos, past_key_values=cache)
+        # token j of a label is predicted by the prompt's last logits (j = 0) or the label's (j - 1)
+        logits = torch.cat([first.logits[:, -1:].repeat_interleave(n_lab, 0), cont.logits[:, :-1]], dim=1)
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        seq = (logp * lmask).sum(-1).view(b, n_lab)
+        return torch.softmax(seq, dim=-1)
+
+
+class VLLMBackend:
+    """vLLM offline generation (GPU only; not exercised by the test suite, which has no GPU)."""
+
+    def __init__(self, model_path: str, *, lora_path: str | None = None, max_model_len: int = 4096):
+        from vllm import LLM  # noqa: PLC0415 - optional GPU dependency
+
+        self.llm = LLM(model=model_path, enable_prefix_caching=True, enable_lora=lora_path is not None,
+                       max_model_len=max_model_len)
+        self.lora_path = lora_path
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 num_samples: int = 1, seed: int = 0, regex: str | None = None) -> list[list[Generation]]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(regex=regex) if regex else None
+        params = SamplingParams(n=num_samples, temperature=temperature, max_tokens=max_new_tokens, seed=seed,
+                                logprobs=1, structured_outputs=structured)
+        lora = None
+        if self.lora_path:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("adapter", 1, self.lora_path)
+        results = self.llm.generate(prompts, params, lora_request=lora)
+        return [[_vllm_generation(c) for c in r.outputs] for r in results]
+
+
+def _vllm_generation(completion) -> Generation:
+    lp = sum(next(iter(d.values())).logprob for d in (completion.logprobs or [])[:1]) if completion.logprobs else 0.0
+    return Generation(completion.text, math.exp(lp), len(completion.token_ids))
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def make_backend(model_path: str, *, kind: str = "auto", batch_size: int = 8) -> Backend:
+    if kind == "vllm" or (kind == "auto" and vllm_available()):
+        return VLLMBackend(model_path)
+    return TransformersBackend(model_path, batch_size=batch_size)
+
+
+__all__ = ["Backend", "Generation", "TransformersBackend", "VLLMBackend", "make_backend", "device"]

@@ -1,0 +1,86 @@
+"""Stage 3, machine labels: the teacher labels documents that no expert labeled.
+
+Each document gets its raw output, reasoning, parsed answer, parse status and a confidence (the
+probability of the first answer item on the greedy path). Unparsable output is kept and marked
+`failed`, never dropped. Labels are written in shards as they finish, under `out/shards/`; a rerun
+after a crash labels only the documents no shard holds yet, so every document ends up exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from distillery import lake
+from distillery.inference import make_backend
+from distillery.prompts import parse_answer, prompt_hash, render_prompt
+from distillery.spec import ClassificationOutput, TaskSpec
+
+SCHEMA = pa.schema([
+    ("sha256", pa.string()), ("raw_output", pa.string()), ("reasoning", pa.string()), ("answer", pa.string()),
+    ("parse_status", pa.string()), ("parse_error", pa.string()), ("confidence", pa.float64()),
+    ("model", pa.string()), ("prompt_hash", pa.string()), ("task", pa.string()), ("run_id", pa.string()),
+    ("stage", pa.string()),
+])
+
+
+def pick_documents(documents: Path, seeds: Path, limit: int) -> list[dict]:
+    """Documents no expert labeled, in a stable order (by hash), at most `limit`."""
+    docs = lake.read_table(documents).to_pandas()
+    seeded = set(lake.read_table(seeds).column("sha256").to_pylist())
+    docs = docs[~docs["sha256"].isin(seeded)].sort_values("sha256").head(limit)
+    return docs[["sha256", "text"]].to_dict("records")
+
+
+def done_hashes(shards: Path) -> set[str]:
+    if not shards.exists():
+        return set()
+    return {h for f in sorted(shards.glob("*.parquet")) for h in lake.read_table(f).column("sha256").to_pylist()}
+
+
+def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
+    reasoning = spec.teacher.reasoning
+    prompts = [render_prompt(d["text"], spec, backend.tokenizer, reasoning=reasoning) for d in docs]
+    gens = backend.generate(prompts, max_new_tokens=spec.label.max_new_tokens, seed=spec.seed)
+    phash = prompt_hash(spec, reasoning)
+    rows = []
+    for doc, g in zip(docs, gens):
+        a = parse_answer(g[0].text, spec, prefilled=not reasoning)
+        value = a.ranked if isinstance(spec.output, ClassificationOutput) else a.value
+        rows.append({"sha256": doc["sha256"], "raw_output": g[0].text, "reasoning": a.reasoning,
+                     "answer": json.dumps(value) if a.ok else None, "parse_status": a.status, "parse_error": a.error,
+                     "confidence": g[0].confidence if a.ok else 0.0, "model": model_id, "prompt_hash": phash,
+                     "task": spec.name, "run_id": run_id, "stage": "label"})
+    return rows
+
+
+def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *, out: Path,
+                  run_id: str | None = None) -> lake.StageResult:
+    started = time.perf_counter()
+    run_id = run_id or lake.new_run_id("label")
+    shards = out / "shards"
+    todo_all = pick_documents(documents, seeds, spec.label.limit)
+    done = done_hashes(shards)
+    todo = [d for d in todo_all if d["sha256"] not in done]
+    model_id = f"{teacher}@{lake.hash_model(teacher)}"
+    backend = make_backend(str(teacher), kind=spec.label.backend, batch_size=spec.label.batch_size)
+    labeling_started = time.perf_counter()
+    n_shard = len(list(shards.glob("*.parquet"))) if shards.exists() else 0
+    for start in range(0, len(todo), spec.label.shard_size):
+        chunk = todo[start:start + spec.label.shard_size]
+        rows = label_rows(spec, backend, chunk, model_id=model_id, run_id=run_id)
+        lake.write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), shards / f"shard-{n_shard:05d}.parquet")
+        n_shard += 1
+    seconds = time.perf_counter() - labeling_started
+    table = lake.read_table(shards) if shards.exists() else pa.Table.from_pylist([], schema=SCHEMA)
+    status = table.column("parse_status").to_pylist()
+    conf = table.column("confidence").to_pylist()
+    metrics = {"docs_per_s": len(todo) / seconds if todo and seconds > 0 else None,
+               "mean_confidence": sum(conf) / len(conf) if conf else 0.0}
+    counts = {"labeled": len(status), "ok": status.count("ok"), "partial": status.count("partial"),
+              "failed": status.count("failed"), "resumed_from": len(done)}
+    outputs = {"machine_labels": str(shards)}
+    return lake.StageResult("label", run_id, outputs, counts, metrics, time.perf_counter() - started)

@@ -1,0 +1,227 @@
+"""The task spec: one YAML file describes a labeling task end to end.
+
+Typed with pydantic; every field is documented once, here. `load_spec` reports every problem at
+once, each naming the field, the value and what was expected. Profiles (`demo`, `full`) are
+overlays in the same file (`profiles: {name: {...}}`), deep-merged over the base before validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distillery.errors import SpecError
+
+
+PLACEHOLDERS = {"labels", "top_k", "fields", "document"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassificationOutput(_Strict):
+    kind: Literal["classification"] = "classification"
+    labels: list[str] = Field(min_length=2, description="The label set; answers outside it are invalid.")
+    top_k: int = Field(3, ge=1, description="How many labels the ranked answer holds.")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        lowered = [label.strip().lower() for label in self.labels]
+        if len(set(lowered)) != len(lowered):
+            raise ValueError("labels must be unique (case-insensitive)")
+        if any(";" in label or "\n" in label for label in self.labels):
+            raise ValueError("labels may not contain ';' or newlines (the answer separator)")
+        return self
+
+
+class FieldSpec(_Strict):
+    type: Literal["string", "number", "date"] = Field("string", description="How the value is normalized when graded.")
+    description: str = Field("", description="Shown to the model in the prompt.")
+    tolerance: float = Field(0.01, ge=0, description="Absolute tolerance for numbers.")
+
+
+class ExtractionOutput(_Strict):
+    kind: Literal["extraction"] = "extraction"
+    fields: dict[str, FieldSpec] = Field(min_length=1, description="Typed JSON fields to extract.")
+
+
+Output = Annotated[Union[ClassificationOutput, ExtractionOutput], Field(discriminator="kind")]
+
+
+class Prompts(_Strict):
+    system: str = Field(description="System message for every model.")
+    instruction: str = Field(
+        description="User message; placeholders: {labels}, {top_k}, {fields}, {document}."
+    )
+    max_doc_chars: int = Field(1500, ge=100, description="Document text is cut to this many characters.")
+
+    @model_validator(mode="after")
+    def _placeholders(self):
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(self.instruction) if name is not None}
+        except ValueError as err:
+            raise ValueError(f"instruction is not a valid template ({err}); write literal braces as {{{{ }}}}") from None
+        unknown = names - PLACEHOLDERS
+        if unknown:
+            raise ValueError(f"instruction has unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(PLACEHOLDERS)}")
+        if "document" not in names:
+            raise ValueError("instruction must contain {document}")
+        return self
+
+
+class GraderSpec(_Strict):
+    type: Literal["ranked", "exact", "fields", "format", "multi"] = Field(description="Which grader scores answers.")
+    weights: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [1.0, 0.5], description="ranked: credit by position of the right label, each in [0, 1].")
+    components: list[dict[str, Any]] = Field([], description="multi: [{grader: {...}, weight: w}, ...].")
+
+
+class Models(_Strict):
+    base: str = Field("models/base", description="Base model (HF id or path) the teacher starts from.")
+    student: str = Field("models/base", description="Model (HF id or path) the student is trained from.")
+
+
+class SeedSpec(_Strict):
+    path: str = Field(description="Expert labels: CSV, JSONL or Parquet with columns `document` and `answer`.")
+    heldout_fraction: float = Field(0.25, gt=0, lt=1, description="Share of seeds kept for the reported evaluation.")
+    validation_fraction: float = Field(0.15, ge=0, lt=1, description="Share of the rest used to pick checkpoints.")
+    split_seed: int = Field(0, description="Seed of the stratified split.")
+
+
+class IngestSpec(_Strict):
+    timeout_s: float = Field(30.0, gt=0, description="Per-file extraction time limit; a file past it is quarantined.")
+    max_file_mb: float = Field(100.0, gt=0, description="Files larger than this are quarantined as oversize.")
+    min_chars: int = Field(50, ge=0, description="Fewer characters of text than this means image_only.")
+    workers: int = Field(2, ge=1, description="Extraction worker processes.")
+
+
+class SFTSpec(_Strict):
+    epochs: float = Field(2.0, gt=0, description="Passes over the training examples.")
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: epochs decide).")
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(4, ge=1)
+
+
+class GRPOSpec(_Strict):
+    steps: int = Field(4, ge=0, description="GRPO optimizer steps (0 disables RL).")
+    num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the group).")
+    prompts_per_step: int = Field(1, ge=1, description="Distinct prompts per step.")
+    learning_rate: float = Field(1e-5, gt=0)
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; hot enough for the group to disagree.")
+    max_completion_length: int = Field(16, ge=1)
+    beta: float = Field(0.0, ge=0, description="KL coefficient (0: no reference model).")
+    loss_type: str = Field("dapo", description="TRL loss type (grpo, dapo, dr_grpo, bnpo).")
+    use_lora: bool = Field(False)
+    eval_interval: int = Field(2, ge=1, description="Evaluate on the validation split every N steps.")
+    patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement.")
+
+
+class TeacherSpec(_Strict):
+    reasoning: bool = Field(False, description="Let the teacher think before `Answer:` (costly on CPU).")
+    sft: SFTSpec = Field(default_factory=SFTSpec, description="SFT warm start on the seed train split.")
+    grpo: GRPOSpec = Field(default_factory=GRPOSpec)
+    eval_max_items: int = Field(64, ge=1, description="Cap on items per evaluation.")
+
+
+class LabelSpec(_Strict):
+    limit: int = Field(300, ge=1, description="How many documents the teacher labels.")
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(24, ge=1)
+    backend: Literal["auto", "transformers", "vllm"] = Field("auto")
+    shard_size: int = Field(64, ge=1, description="Labels are written in shards of this many documents.")
+
+
+class StudentSpec(_Strict):
+    sft: SFTSpec = Field(default_factory=SFTSpec)
+    min_confidence: float = Field(0.0, ge=0, le=1, description="Teacher labels below this are not trained on.")
+    batch_size: int = Field(16, ge=1, description="Documents per inference batch.")
+
+
+class BulkSpec(_Strict):
+    source: str = Field(description="Directory, glob or fsspec URL of the PDFs to label.")
+    batch_size: int = Field(16, ge=1)
+    shard_size: int = Field(256, ge=1)
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Task name; names its lake folder.")
+    source: str = Field(description="Directory or glob of the task's PDFs.")
+    output: Output
+    prompts: Prompts
+    grader: GraderSpec
+    seeds: SeedSpec
+    models: Models = Field(default_factory=Models)
+    ingest: IngestSpec = Field(default_factory=IngestSpec)
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    label: LabelSpec = Field(default_factory=LabelSpec)
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    bulk: BulkSpec | None = None
+    seed: int = Field(0, description="Random seed for training and sampling.")
+    root: str = Field(".", description="Directory relative paths resolve against (set by load_spec).")
+
+    def path(self, value: str) -> Path:
+        """Resolve a spec path (or leave a URL or HF id alone) against the spec's root."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.root) / p
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections of the spec: part of a stage's cache key."""
+        data = self.model_dump(mode="json", exclude={"root"})
+        picked = {s: data[s] for s in sections}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _problems(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after")) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
+        problems.append(f"{where}: {e['msg']}{shown}")
+    return problems
+
+
+def parse_spec(raw: dict, *, path: str = "<spec>", profile: str | None = None, root: str | Path = ".") -> TaskSpec:
+    """Validate a spec given as a dict, applying a profile overlay."""
+    if not isinstance(raw, dict):
+        raise SpecError(path, [f"(top level): expected a mapping, got {type(raw).__name__}"])
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    if profile:
+        if profile not in profiles:
+            raise SpecError(path, [f"profiles: no profile {profile!r} (have: {sorted(profiles) or 'none'})"])
+        overlay = profiles[profile] or {}  # `demo:` with nothing under it is an empty overlay
+        if not isinstance(overlay, dict):
+            raise SpecError(path, [f"profiles.{profile}: expected a mapping, got {type(overlay).__name__}"])
+        raw = _deep_merge(raw, overlay)
+    raw.setdefault("root", str(root))
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(path, _problems(err)) from None
+
+
+def load_spec(path: str | Path, profile: str | None = None) -> TaskSpec:
+    """Load and validate a task spec; relative paths in it resolve against the current directory."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(str(path), ["file not found"]) from None
+    except yaml.YAMLError as err:
+        raise SpecError(str(path), [f"not valid YAML: {err}"]) from None
+    return parse_spec(raw, path=str(path), profile=profile)

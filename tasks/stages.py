@@ -1,0 +1,151 @@
+"""One thin Prefect task per stage: cache key, artifact path, catalog registration, Prefect artifact.
+
+A stage's cache key is the hash of its spec sections, its code version, the keys of the stages it
+reads (so a change flows downstream, Merkle-style) and the content hashes of its outside inputs
+(PDFs, seed file, base model). Its output folder is `lake/<task>/<stage>/<key>`: a cache hit whose
+folder lost its `_SUCCESS` manifest is treated as a miss, so deleted outputs are rebuilt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from distillery import bulk, ingest, label, lake, rft, seed, sft
+from distillery.spec import TaskSpec
+
+# Bump a stage's version when its code changes what it produces.
+VERSIONS = {"ingest": 1, "seed": 1, "teacher": 1, "label": 1, "student": 1, "bulk": 1}
+SECTIONS = {"ingest": ("source", "ingest"), "seed": ("seeds", "output"),
+            "teacher": ("output", "prompts", "grader", "models", "teacher", "seed"),
+            "label": ("output", "prompts", "label", "teacher"), "student": ("output", "prompts", "models", "student", "seed"),
+            "bulk": ("bulk", "ingest", "prompts", "output")}
+
+
+def outside_inputs(stage: str, spec: TaskSpec) -> dict[str, str]:
+    if stage == "ingest":
+        return {"pdfs": ingest.source_hash(spec.path(spec.source))}
+    if stage == "seed":
+        return {"seed_file": lake.hash_files([spec.path(spec.seeds.path)])}
+    if stage == "teacher":
+        return {"base_model": lake.hash_model(spec.path(spec.models.base))}
+    if stage == "student":
+        return {"student_model": lake.hash_model(spec.path(spec.models.student))}
+    return {}
+
+
+def stage_key(stage: str, spec: TaskSpec, upstream: list[lake.StageResult]) -> tuple[str, dict]:
+    inputs = {**outside_inputs(stage, spec), **{u.stage: u.key for u in upstream}}
+    key = lake.hash_json([stage, VERSIONS[stage], spec.section_hash(*SECTIONS[stage]), inputs])
+    return key, inputs
+
+
+def _out_dir(stage: str, spec: TaskSpec, key: str) -> Path:
+    return lake.stage_dir(lake.home(), spec.name, stage, key)
+
+
+def _cache_key(context, parameters) -> str:
+    stage, spec = parameters["stage"], parameters["spec"]
+    key, _ = stage_key(stage, spec, parameters.get("upstream") or [])
+    if not lake.is_done(_out_dir(stage, spec, key)):
+        return f"{spec.name}-{stage}-{key}-missing-{uuid.uuid4().hex}"  # output gone: never reuse
+    return f"{spec.name}-{stage}-{key}"
+
+
+RUNNERS: dict[str, Callable[..., lake.StageResult]] = {
+    "ingest": lambda spec, up, out: ingest.ingest(spec, out=out),
+    "seed": lambda spec, up, out: seed.import_seeds(spec, up[0].path("documents"), out=out),
+    "teacher": lambda spec, up, out: rft.train_teacher(spec, up[0].path("seed_labels"), up[1].path("documents"), out=out),
+    "label": lambda spec, up, out: label.machine_label(spec, up[0].path("model"), up[1].path("documents"),
+                                                       up[2].path("seed_labels"), out=out),
+    "student": lambda spec, up, out: sft.train_student(spec, up[0].path("machine_labels"), up[1].path("seed_labels"),
+                                                       up[2].path("documents"), out=out),
+}
+VIEWS = {"ingest": ("documents", "quarantine"), "seed": ("seed_labels",), "teacher": ("teacher_eval", "teacher_metrics"),
+         "label": ("machine_labels",), "student": ("student_eval",)}
+
+
+def _files(path: str) -> list[str]:
+    p = Path(path)
+    return [str(f) for f in sorted(p.glob("*.parquet"))] if p.is_dir() else [str(p)]
+
+
+@task(cache_key_fn=_cache_key, persist_result=True, cache_expiration=timedelta(days=365), retries=1,
+      retry_delay_seconds=5, task_run_name="{stage}")
+def run_stage(stage: str, spec: TaskSpec, upstream: list[lake.StageResult]) -> lake.StageResult:
+    """Run one pipeline stage (or reuse its finished output) and register it in the catalog."""
+    log = get_run_logger()
+    key, inputs = stage_key(stage, spec, upstream)
+    out = _out_dir(stage, spec, key)
+    if lake.is_done(out):
+        log.info("%s: output %s already complete", stage, out)
+        return lake.read_done(out)
+    started = lake.now()
+    result = replace(RUNNERS[stage](spec, upstream, out), key=key)
+    views = {v: _files(result.outputs[v]) for v in VIEWS[stage]}
+    lake.register(lake.home(), spec.name, result, cache_key=key, config_hash=spec.section_hash(*SECTIONS[stage]),
+                  inputs=inputs, started_at=started, views=views)
+    if stage == "student":
+        lake.record_model(lake.home(), spec.name, "student", result.outputs["model"], key, result.metrics, True)
+    lake.mark_done(out, result)
+    log.info("%s", result)
+    publish(spec, result)
+    return result
+
+
+def _bulk_key(spec: TaskSpec, student: lake.StageResult) -> str:
+    """Student + bulk settings + the source's listing (names, sizes, mtimes: cheap on millions of files)."""
+    listing = ingest.source_listing_hash(spec.path(spec.bulk.source))
+    return lake.hash_json(["bulk", VERSIONS["bulk"], spec.section_hash(*SECTIONS["bulk"]), student.key, listing])
+
+
+def _bulk_marker(spec: TaskSpec, key: str) -> Path:
+    return lake.home() / "lake" / spec.name / "bulk" / "done" / key
+
+
+def _bulk_cache_key(context, parameters) -> str:
+    spec, student = parameters["spec"], parameters["student"]
+    key = _bulk_key(spec, student)
+    if parameters.get("relabel") or not _bulk_marker(spec, key).exists():
+        return f"{spec.name}-bulk-{key}-run-{uuid.uuid4().hex}"
+    return f"{spec.name}-bulk-{key}"
+
+
+@task(cache_key_fn=_bulk_cache_key, persist_result=True, cache_expiration=timedelta(days=365),
+      task_run_name="bulk", retries=1, retry_delay_seconds=5)
+def run_bulk(spec: TaskSpec, student: lake.StageResult, relabel: bool = False) -> lake.StageResult:
+    """Label the PDFs of the bulk source the student has not labeled yet (all of them with relabel)."""
+    out = lake.home() / "lake" / spec.name / "bulk"
+    started = lake.now()
+    key = _bulk_key(spec, student)
+    result = replace(bulk.bulk_label(spec, Path(student.outputs["model"]), out=out, relabel=relabel), key=key)
+    quarantine = [str(f) for f in bulk.committed(out, "quarantine")]
+    views = {"bulk_labels": [str(f) for f in bulk.committed(out, "labels")]}
+    if quarantine:
+        views["quarantine"] = quarantine
+    lake.register(lake.home(), spec.name, result, cache_key=key, config_hash=spec.section_hash(*SECTIONS["bulk"]),
+                  inputs={"student": student.key}, started_at=started, views=views)
+    lake.write_json({"run_id": result.run_id}, _bulk_marker(spec, key))
+    get_run_logger().info("%s", result)
+    publish(spec, result)
+    return result
+
+
+def publish(spec: TaskSpec, result: lake.StageResult) -> None:
+    """A markdown artifact with the stage's counts and headline metrics."""
+    lines = [f"# {spec.name}: {result.stage}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in result.counts.items()]
+    for k, v in result.metrics.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b:.3f}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items()
+                          if isinstance(b, (int, float, str)))
+        lines.append(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lines.append(f"| seconds | {result.seconds:.1f} |")
+    create_markdown_artifact("\n".join(lines), key=f"{spec.name}-{result.stage}".lower().replace("_", "-"),
+                             description=f"{result.stage} stage of {spec.name}")

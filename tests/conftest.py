@@ -1,0 +1,78 @@
+"""Shared fixtures: an isolated DISTILLERY_HOME per test, the demo specs, small PDFs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, settings
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `pytest` as well as `python -m pytest` from the repository root
+    sys.path.insert(0, str(REPO))
+
+from distillery import synth  # noqa: E402
+from distillery.spec import TaskSpec, load_spec, parse_spec  # noqa: E402
+
+CLINICAL_YAML = REPO / "data" / "demo" / "clinical.yaml"
+
+# Property tests stay fast: ~100 examples, no per-example deadline (the first call warms caches).
+# The autouse DISTILLERY_HOME fixture is function-scoped but never changes between examples.
+settings.register_profile("distillery", max_examples=100, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile("distillery")
+
+INVOICE_FIELDS = {
+    "vendor": {"type": "string"},
+    "number": {"type": "string"},
+    "date": {"type": "date"},
+    "total": {"type": "number", "tolerance": 0.01},
+    "currency": {"type": "string"},
+}
+
+
+@pytest.fixture(autouse=True)
+def distillery_home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def clinical_raw() -> dict:
+    return yaml.safe_load(CLINICAL_YAML.read_text())
+
+
+@pytest.fixture
+def clinical_spec() -> TaskSpec:
+    """The shipped clinical demo spec, its relative paths resolving against the repository root."""
+    spec = load_spec(CLINICAL_YAML)
+    return spec.model_copy(update={"root": str(REPO)})
+
+
+@pytest.fixture
+def invoice_raw(clinical_raw) -> dict:
+    raw = dict(clinical_raw)
+    raw.pop("profiles")
+    raw.update(
+        name="invoices",
+        source="data/demo/invoices",
+        output={"kind": "extraction", "fields": INVOICE_FIELDS},
+        grader={"type": "fields"},
+        seeds={"path": "data/demo/invoice_seeds.jsonl"},
+    )
+    raw["prompts"] = dict(raw["prompts"], instruction="Invoice:\n{document}\n\nExtract {fields} as JSON after \"Answer:\".")
+    return raw
+
+
+@pytest.fixture
+def invoice_spec(invoice_raw) -> TaskSpec:
+    """An extraction spec over the invoice demo (independent of whether invoices.yaml exists)."""
+    return parse_spec(invoice_raw, root=REPO)
+
+
+@pytest.fixture(scope="session")
+def good_bytes() -> bytes:
+    """A valid two-page case report."""
+    return synth.case_pdf(synth.make_case(0), 0)

@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from conftest import CLINICAL_YAML, REPO
+from distillery.errors import SpecError
+from distillery.prompts import user_message
+from distillery.spec import load_spec, parse_spec
+
+SHIPPED_SPECS = sorted(REPO.glob("data/**/*.yaml"))
+
+
+def _problems(raw: dict, **kwargs) -> list[str]:
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw, **kwargs)
+    return err.value.problems
+
+
+def _without_profiles(raw: dict) -> dict:
+    raw = copy.deepcopy(raw)
+    raw.pop("profiles", None)
+    return raw
+
+
+# ---- the shipped specs -------------------------------------------------------------------------
+
+def test_the_clinical_demo_spec_is_among_the_shipped_specs():
+    assert CLINICAL_YAML in SHIPPED_SPECS
+
+
+@pytest.mark.parametrize("path", SHIPPED_SPECS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_spec_loads_with_every_profile(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    raw = yaml.safe_load(path.read_text())
+    for profile in [None, *(raw.get("profiles") or {})]:
+        spec = load_spec(path.relative_to(REPO), profile=profile)
+        assert spec.path(spec.seeds.path).is_file(), f"{path}: seed file {spec.seeds.path} is missing"
+
+
+@pytest.mark.parametrize("path", SHIPPED_SPECS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_spec_instruction_uses_only_known_placeholders(path):
+    spec = load_spec(path)
+    message = user_message("The document text.", spec)
+    assert "The document text." in message
+
+
+def test_clinical_spec_describes_a_ranked_classification(clinical_spec):
+    assert clinical_spec.name == "clinical"
+    assert clinical_spec.output.kind == "classification"
+    assert len(clinical_spec.output.labels) == 10
+    assert clinical_spec.output.top_k == 3
+    assert clinical_spec.grader.type == "ranked"
+
+
+def test_load_spec_leaves_root_at_the_current_directory():
+    assert load_spec(CLINICAL_YAML).root == "."
+
+
+# ---- defaults, paths, hashing ------------------------------------------------------------------
+
+def test_sections_left_out_get_their_defaults(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    for section in ("models", "ingest", "teacher", "label", "student", "bulk"):
+        raw.pop(section, None)
+    spec = parse_spec(raw)
+    assert spec.ingest.timeout_s == 30.0
+    assert spec.models.base == "models/base"
+    assert spec.teacher.grpo.num_generations == 8
+    assert spec.bulk is None
+
+
+def test_relative_paths_resolve_against_the_root(clinical_raw):
+    spec = parse_spec(_without_profiles(clinical_raw), root="/srv/tasks")
+    assert spec.path("data/seeds.csv") == Path("/srv/tasks/data/seeds.csv")
+
+
+def test_absolute_paths_are_left_alone(clinical_raw):
+    spec = parse_spec(_without_profiles(clinical_raw), root="/srv/tasks")
+    assert spec.path("/elsewhere/seeds.csv") == Path("/elsewhere/seeds.csv")
+
+
+def test_spec_cannot_be_modified_after_loading(clinical_spec):
+    with pytest.raises(ValidationError):
+        clinical_spec.name = "other"
+
+
+def test_section_hash_does_not_depend_on_root(clinical_raw):
+    a = parse_spec(_without_profiles(clinical_raw), root="/a")
+    b = parse_spec(_without_profiles(clinical_raw), root="/b")
+    assert a.section_hash("teacher", "output") == b.section_hash("teacher", "output")
+
+
+def test_section_hash_changes_only_with_the_sections_hashed(clinical_raw):
+    base = _without_profiles(clinical_raw)
+    changed = copy.deepcopy(base)
+    changed["teacher"]["grpo"]["steps"] = 99
+    a, b = parse_spec(base), parse_spec(changed)
+    assert a.section_hash("teacher") != b.section_hash("teacher")
+    assert a.section_hash("label", "output") == b.section_hash("label", "output")
+
+
+# ---- profiles ----------------------------------------------------------------------------------
+
+def test_profile_overlay_is_deep_merged_over_the_base():
+    full = load_spec(CLINICAL_YAML, profile="full")
+    assert full.label.limit == 20000
+    assert full.label.batch_size == 8  # a sibling key the overlay does not name is kept
+    assert full.teacher.reasoning is True
+    assert full.teacher.grpo.steps == 500
+    assert full.teacher.grpo.num_generations == 8
+
+
+def test_empty_profile_leaves_the_spec_unchanged():
+    assert load_spec(CLINICAL_YAML, profile="demo") == load_spec(CLINICAL_YAML)
+
+
+def test_profile_left_blank_in_yaml_is_an_empty_overlay(clinical_raw):
+    raw = dict(clinical_raw, profiles={"demo": None})
+    assert parse_spec(raw, profile="demo") == parse_spec(raw)
+
+
+def test_profile_that_is_not_a_mapping_is_a_spec_error(clinical_raw):
+    problems = _problems(dict(clinical_raw, profiles={"demo": "fast"}), profile="demo")
+    assert any("demo" in p for p in problems)
+
+
+def test_unknown_profile_names_the_profiles_there_are():
+    with pytest.raises(SpecError) as err:
+        load_spec(CLINICAL_YAML, profile="huge")
+    assert "huge" in str(err.value)
+    assert "demo" in str(err.value) and "full" in str(err.value)
+
+
+def test_profile_values_are_validated_like_the_base(clinical_raw):
+    raw = dict(clinical_raw, profiles={"bad": {"label": {"limit": 0}}})
+    problems = _problems(raw, profile="bad")
+    assert any(p.startswith("label.limit") for p in problems)
+
+
+# ---- every problem at once, each naming its field ----------------------------------------------
+
+def test_spec_error_lists_every_problem_at_once(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    raw["name"] = "Clinical Cases"
+    raw["ingest"] = {"timeout_s": -1}
+    raw["label"] = {"limit": 0}
+    del raw["seeds"]
+    problems = _problems(raw)
+    fields = {p.split(":")[0] for p in problems}
+    assert {"name", "ingest.timeout_s", "label.limit", "seeds"} <= fields
+
+
+def test_problem_shows_the_value_it_rejected(clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), ingest={"timeout_s": -7})
+    (problem,) = _problems(raw)
+    assert problem.startswith("ingest.timeout_s")
+    assert "-7" in problem
+
+
+def test_misspelled_key_is_rejected_and_named(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    raw["teacher"] = {"sft": {"epoch": 2}}
+    (problem,) = _problems(raw)
+    assert problem.startswith("teacher.sft.epoch")
+
+
+def test_missing_required_section_is_named(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    del raw["prompts"]
+    assert any(p.startswith("prompts") and "required" in p.lower() for p in _problems(raw))
+
+
+@pytest.mark.parametrize("labels", [["Flu", "flu"], ["Flu", " FLU "]])
+def test_labels_must_be_unique_ignoring_case(clinical_raw, labels):
+    raw = dict(_without_profiles(clinical_raw), output={"kind": "classification", "labels": labels})
+    assert any("unique" in p for p in _problems(raw))
+
+
+def test_label_may_not_contain_the_answer_separator(clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), output={"kind": "classification", "labels": ["Flu; cold", "Migraine"]})
+    assert any("';'" in p for p in _problems(raw))
+
+
+def test_classification_needs_two_labels(clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), output={"kind": "classification", "labels": ["Flu"]})
+    assert any("labels" in p for p in _problems(raw))
+
+
+def test_task_name_must_be_a_lowercase_slug(clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), name="Clinical Cases")
+    (problem,) = _problems(raw)
+    assert problem.startswith("name") and "Clinical Cases" in problem
+
+
+def test_unknown_output_kind_is_rejected(clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), output={"kind": "regression", "labels": ["a", "b"]})
+    assert any(p.startswith("output") for p in _problems(raw))
+
+
+def test_extraction_needs_at_least_one_field(clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), output={"kind": "extraction", "fields": {}})
+    assert any("fields" in p for p in _problems(raw))
+
+
+def test_extraction_field_type_must_be_known(clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), output={"kind": "extraction", "fields": {"total": {"type": "money"}}})
+    assert any("total" in p and "type" in p for p in _problems(raw))
+
+
+def test_unknown_grader_type_is_rejected(clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), grader={"type": "vibes"})
+    (problem,) = _problems(raw)
+    assert problem.startswith("grader.type") and "vibes" in problem
+
+
+@pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.1])
+def test_heldout_fraction_must_lie_strictly_between_0_and_1(clinical_raw, fraction):
+    raw = _without_profiles(clinical_raw)
+    raw["seeds"] = dict(raw["seeds"], heldout_fraction=fraction)
+    assert any(p.startswith("seeds.heldout_fraction") for p in _problems(raw))
+
+
+def test_unknown_label_backend_is_rejected(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    raw["label"] = dict(raw["label"], backend="tensorrt")
+    assert any(p.startswith("label.backend") for p in _problems(raw))
+
+
+# ---- the file itself ---------------------------------------------------------------------------
+
+def test_missing_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError) as err:
+        load_spec(tmp_path / "nope.yaml")
+    assert err.value.problems == ["file not found"]
+
+
+def test_invalid_yaml_is_a_spec_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert "YAML" in err.value.problems[0]
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n"])
+def test_yaml_that_is_not_a_mapping_is_a_spec_error(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert "mapping" in err.value.problems[0]
+
+
+def test_spec_error_message_names_the_file_and_each_problem(tmp_path, clinical_raw):
+    raw = dict(_without_profiles(clinical_raw), name="Bad Name", grader={"type": "vibes"})
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "2 problem(s)" in message
+    assert "name" in message and "grader.type" in message
+
+
+def test_spec_error_survives_pickling():
+    err = SpecError("task.yaml", ["name: bad", "seeds: Field required"])
+    back = pickle.loads(pickle.dumps(err))
+    assert back.path == "task.yaml" and back.problems == err.problems and str(back) == str(err)
