@@ -53,3 +53,8 @@ lock: ## re-resolve constraints.txt from pyproject.toml in a scratch venv
 
 clean: ## remove generated data (lake, catalog, corpora); keeps the venv and models
 	rm -rf data/lake data/catalog.duckdb data/catalog.lock data/prefect data/demo/pdfs data/demo/invoices data/demo/truth.csv
+
+HOSTILE ?= ../shared/corpora/hostile_pdfs
+.PHONY: bench-robustness
+bench-robustness: ## ingestion verdicts on real hostile PDFs -> data/bench/robustness.json
+	$(PY) -m distillery.bench robustness --corpus $(HOSTILE)

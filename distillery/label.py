@@ -1,8 +1,11 @@
 """Stage 3, machine labels: the teacher labels documents that no expert labeled.
 
-Each document gets its raw output, reasoning, parsed answer, parse status and a confidence (the
-probability of the first answer item on the greedy path). Unparsable output is kept and marked
-`failed`, never dropped. Labels are written in shards as they finish, under `out/shards/`; a rerun
+Each document gets its raw output, reasoning, parsed answer, parse status and a confidence.
+Classification without reasoning (the CPU profile) is decoded under the schema, as vLLM's
+structured `choice` would: every label is scored after the `Answer:` prefill in one pass, the
+answer is the labels ranked by probability and the confidence is the top label's probability.
+Otherwise the teacher generates, and its output goes through the one parser; unparsable output is
+kept and marked `failed`, never dropped (confidence: the first answer item's probability). Labels are written in shards as they finish, under `out/shards/`; a rerun
 after a crash labels only the documents no shard holds yet, so every document ends up exactly once.
 """
 
@@ -16,7 +19,7 @@ import pyarrow as pa
 
 from distillery import lake
 from distillery.inference import make_backend
-from distillery.prompts import parse_answer, prompt_hash, render_prompt
+from distillery.prompts import format_answer, parse_answer, prompt_hash, render_prompt
 from distillery.spec import ClassificationOutput, TaskSpec
 
 SCHEMA = pa.schema([
@@ -41,7 +44,14 @@ def done_hashes(shards: Path) -> set[str]:
     return {h for f in sorted(shards.glob("*.parquet")) for h in lake.read_table(f).column("sha256").to_pylist()}
 
 
+def constrained(spec: TaskSpec) -> bool:
+    """Classification without reasoning is decoded by scoring the label set: always in the schema."""
+    return isinstance(spec.output, ClassificationOutput) and not spec.teacher.reasoning
+
+
 def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
+    if constrained(spec) and hasattr(backend, "score_labels"):
+        return _scored_rows(spec, backend, docs, model_id=model_id, run_id=run_id)
     reasoning = spec.teacher.reasoning
     prompts = [render_prompt(d["text"], spec, backend.tokenizer, reasoning=reasoning) for d in docs]
     gens = backend.generate(prompts, max_new_tokens=spec.label.max_new_tokens, seed=spec.seed)
@@ -55,6 +65,18 @@ def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_
                      "confidence": g[0].confidence if a.ok else 0.0, "model": model_id, "prompt_hash": phash,
                      "task": spec.name, "run_id": run_id, "stage": "label"})
     return rows
+
+
+def _scored_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
+    """The teacher's ranked answer as the label set ordered by P(label | prompt, `Answer:`)."""
+    from distillery.sft import score_answers
+
+    answers, probs = score_answers(spec, backend, [d["text"] for d in docs])
+    phash = prompt_hash(spec, False)
+    return [{"sha256": d["sha256"], "raw_output": format_answer(a.ranked), "reasoning": "",
+             "answer": json.dumps(a.ranked), "parse_status": "ok", "parse_error": "", "confidence": max(p),
+             "model": model_id, "prompt_hash": phash, "task": spec.name, "run_id": run_id, "stage": "label"}
+            for d, a, p in zip(docs, answers, probs)]
 
 
 def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *, out: Path,

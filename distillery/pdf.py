@@ -21,6 +21,7 @@ import pymupdf
 
 VERDICTS = ("ok", "corrupt", "encrypted", "empty", "image_only", "not_pdf", "oversize", "timeout")
 _OBJECT = re.compile(rb"-?\d+\s+-?\d+\s+obj\s*(?:<<|\[)")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # NULs from broken font encodings are not text
 _HEADER_WINDOW = 1024  # the PDF spec lets junk precede %PDF- within the first 1 KiB
 
 
@@ -87,7 +88,7 @@ def classify_bytes(data: bytes, *, min_chars: int = 50) -> tuple[str, str, int, 
                 texts.append(doc[number].get_text("text"))
             except Exception as err:
                 return "corrupt", f"page {number + 1} of {pages} fails: {err}", pages, ""
-        text = "\n".join(texts)
+        text = _CONTROL.sub("", "\n".join(texts))
         chars = len("".join(text.split()))
         if chars < min_chars:
             return "image_only", f"{chars} characters of text on {pages} page(s)", pages, ""

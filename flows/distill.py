@@ -17,23 +17,29 @@ STAGES = ("ingest", "seed", "teacher", "label", "student", "bulk")
 
 @flow(name="distill")
 def distill(spec_path: str = "data/demo/clinical.yaml", profile: str | None = "demo", until: str = "bulk") -> dict:
+    """Run the pipeline up to `until`; returns each stage's outputs and final state (Completed/Cached)."""
     spec = load_spec(spec_path, profile)
-    stop = STAGES.index(until)
-    done = {}
-    done["ingest"] = run_stage("ingest", spec, [])                                      # ~5 s: PDFs -> text
-    done["seed"] = run_stage("seed", spec, [done["ingest"]])                           # <1 s: expert labels
-    if stop >= 2:
-        done["teacher"] = run_stage("teacher", spec, [done["seed"], done["ingest"]])   # ~8 min: SFT + GRPO
-    if stop >= 3:
-        done["label"] = run_stage("label", spec, [done["teacher"], done["ingest"], done["seed"]])  # ~3 min
-    if stop >= 4:
-        done["student"] = run_stage("student", spec, [done["label"], done["seed"], done["ingest"]])  # ~3 min
-    if stop >= 5:
-        done["bulk"] = run_bulk(spec, done["student"])                                 # ~4 min: every PDF
+    wanted = STAGES[: STAGES.index(until) + 1]
+    states = {}
+
+    def done(name: str):
+        return states[name].result()
+
+    states["ingest"] = run_stage("ingest", spec, [], return_state=True)                          # ~5 s: PDFs -> text
+    states["seed"] = run_stage("seed", spec, [done("ingest")], return_state=True)                # <1 s: expert labels
+    if "teacher" in wanted:                                                                      # ~6 min: SFT + GRPO
+        states["teacher"] = run_stage("teacher", spec, [done("seed"), done("ingest")], return_state=True)
+    if "label" in wanted:                                                                        # ~2 min: teacher labels
+        states["label"] = run_stage("label", spec, [done("teacher"), done("ingest"), done("seed")], return_state=True)
+    if "student" in wanted:                                                                      # ~5 min: SFT student
+        states["student"] = run_stage("student", spec, [done("label"), done("seed"), done("ingest")], return_state=True)
+    if "bulk" in wanted:                                                                         # ~3 min: every PDF
+        states["bulk"] = run_bulk(spec, done("student"), return_state=True)
     log = get_run_logger()
-    for result in done.values():
-        log.info("%s", result)
-    return {name: r.outputs for name, r in done.items()}
+    for name in states:
+        log.info("%-8s %-9s %s", name, states[name].name, done(name))
+    return {"outputs": {name: done(name).outputs for name in states},
+            "states": {name: state.name for name, state in states.items()}}
 
 
 def main() -> None:

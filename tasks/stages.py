@@ -2,13 +2,13 @@
 
 A stage's cache key is the hash of its spec sections, its code version, the keys of the stages it
 reads (so a change flows downstream, Merkle-style) and the content hashes of its outside inputs
-(PDFs, seed file, base model). Its output folder is `lake/<task>/<stage>/<key>`: a cache hit whose
-folder lost its `_SUCCESS` manifest is treated as a miss, so deleted outputs are rebuilt.
+(PDFs, seed file, base model). Its output folder is `lake/<task>/<stage>/<key>`: when that folder
+lost its `_SUCCESS` manifest the task runs with `refresh_cache`, so deleted outputs are rebuilt
+rather than reported Cached.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -53,9 +53,14 @@ def _out_dir(stage: str, spec: TaskSpec, key: str) -> Path:
 def _cache_key(context, parameters) -> str:
     stage, spec = parameters["stage"], parameters["spec"]
     key, _ = stage_key(stage, spec, parameters.get("upstream") or [])
-    if not lake.is_done(_out_dir(stage, spec, key)):
-        return f"{spec.name}-{stage}-{key}-missing-{uuid.uuid4().hex}"  # output gone: never reuse
     return f"{spec.name}-{stage}-{key}"
+
+
+def run_stage(stage: str, spec: TaskSpec, upstream: list[lake.StageResult], **call):
+    """Run a stage task; a cached result whose output folder is gone is recomputed, not reused."""
+    key, _ = stage_key(stage, spec, upstream)
+    missing = not lake.is_done(_out_dir(stage, spec, key))
+    return stage_task.with_options(refresh_cache=missing)(stage, spec, upstream, **call)
 
 
 RUNNERS: dict[str, Callable[..., lake.StageResult]] = {
@@ -78,7 +83,7 @@ def _files(path: str) -> list[str]:
 
 @task(cache_key_fn=_cache_key, persist_result=True, cache_expiration=timedelta(days=365), retries=1,
       retry_delay_seconds=5, task_run_name="{stage}")
-def run_stage(stage: str, spec: TaskSpec, upstream: list[lake.StageResult]) -> lake.StageResult:
+def stage_task(stage: str, spec: TaskSpec, upstream: list[lake.StageResult]) -> lake.StageResult:
     """Run one pipeline stage (or reuse its finished output) and register it in the catalog."""
     log = get_run_logger()
     key, inputs = stage_key(stage, spec, upstream)
@@ -110,16 +115,18 @@ def _bulk_marker(spec: TaskSpec, key: str) -> Path:
 
 
 def _bulk_cache_key(context, parameters) -> str:
-    spec, student = parameters["spec"], parameters["student"]
-    key = _bulk_key(spec, student)
-    if parameters.get("relabel") or not _bulk_marker(spec, key).exists():
-        return f"{spec.name}-bulk-{key}-run-{uuid.uuid4().hex}"
-    return f"{spec.name}-bulk-{key}"
+    return f"{parameters['spec'].name}-bulk-{_bulk_key(parameters['spec'], parameters['student'])}"
+
+
+def run_bulk(spec: TaskSpec, student: lake.StageResult, relabel: bool = False, **call):
+    """Bulk-label the source; reused only while the source listing and the student are unchanged."""
+    missing = relabel or not _bulk_marker(spec, _bulk_key(spec, student)).exists()
+    return bulk_task.with_options(refresh_cache=missing)(spec, student, relabel, **call)
 
 
 @task(cache_key_fn=_bulk_cache_key, persist_result=True, cache_expiration=timedelta(days=365),
       task_run_name="bulk", retries=1, retry_delay_seconds=5)
-def run_bulk(spec: TaskSpec, student: lake.StageResult, relabel: bool = False) -> lake.StageResult:
+def bulk_task(spec: TaskSpec, student: lake.StageResult, relabel: bool = False) -> lake.StageResult:
     """Label the PDFs of the bulk source the student has not labeled yet (all of them with relabel)."""
     out = lake.home() / "lake" / spec.name / "bulk"
     started = lake.now()
