@@ -26,11 +26,11 @@ deps: .venv/.deps
 	touch $@
 
 model: models/base/model.safetensors
-models/base/model.safetensors: .venv/.deps
+models/base/model.safetensors: | .venv/.deps
 	$(PY) -m distillery.models models/base
 
 demo-data: data/demo/pdfs/.done
-data/demo/pdfs/.done: distillery/synth.py data/demo/generate.py .venv/.deps
+data/demo/pdfs/.done: distillery/synth.py data/demo/generate.py | .venv/.deps
 	$(PY) data/demo/generate.py --n $(N)
 	touch $@
 

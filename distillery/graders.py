@@ -170,3 +170,38 @@ def score_completions(completions: list[str], golds: list[Any], spec: TaskSpec, 
             continue
         out.append(grader(parse_answer(text, spec, prefilled=prefilled), gold))
     return out
+
+
+def _corruptions(gold: Any, spec: TaskSpec) -> dict[str, str]:
+    """Answers a working grader must score below gold, as completions after the `Answer:` prefill."""
+    from distillery.prompts import format_answer
+
+    bad = {"unparsable": " I am not sure about this one."}
+    if isinstance(spec.output, ExtractionOutput):
+        name = next(iter(spec.output.fields))
+        changed = dict(gold, **{name: f"{gold.get(name)}-wrong"})
+        bad["wrong_field"] = format_answer(changed)
+        bad["missing_field"] = format_answer({k: v for k, v in gold.items() if k != name})
+        return bad
+    others = [label for label in spec.output.labels if label != gold]
+    bad["wrong_label"] = format_answer(others[: spec.output.top_k])
+    bad["shuffled_rank"] = format_answer([others[0], gold, *others[1: spec.output.top_k - 1]])
+    return bad
+
+
+def validate_grader(spec: TaskSpec, golds: list[Any]) -> tuple[list[dict], bool]:
+    """Grade each gold answer and its corruptions. Ok when gold scores 1.0 and every corruption less."""
+    from distillery.prompts import format_answer
+
+    grader = build_grader(spec.grader, spec)
+    scores: dict[str, list[float]] = {"gold": []}
+    for gold in golds:
+        gold = grade_gold(gold, spec)
+        as_list = [gold] if isinstance(gold, str) else gold
+        scores["gold"].append(grader(parse_answer(format_answer(as_list), spec), gold).score or 0.0)
+        for kind, text in _corruptions(gold, spec).items():
+            scores.setdefault(kind, []).append(grader(parse_answer(text, spec), gold).score or 0.0)
+    table = [{"answer": kind, "n": len(v), "mean": sum(v) / len(v), "max": max(v)} for kind, v in scores.items()]
+    gold_ok = all(s == 1.0 for s in scores["gold"])
+    separated = all(row["max"] < 1.0 for row in table if row["answer"] != "gold")
+    return table, gold_ok and separated

@@ -91,9 +91,14 @@ class StageResult:
 
     def __str__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
-        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.metrics.items()
-                 if isinstance(v, (int, float, str))}
-        return f"{self.stage}: {counts} {shown} in {self.seconds:.1f}s"
+        shown = []
+        for k, v in self.metrics.items():
+            for name, x in (v.items() if isinstance(v, dict) else [("", v)]):
+                if isinstance(x, float):
+                    shown.append(f"{k}.{name}={x:.3f}" if name else f"{k}={x:.3f}")
+                elif isinstance(x, (int, str)) and not name:
+                    shown.append(f"{k}={x}")
+        return f"{self.stage}: {counts}; {' '.join(shown)} ({self.seconds:.1f}s)"
 
     def path(self, name: str) -> Path:
         return Path(self.outputs[name])

@@ -1,0 +1,94 @@
+"""Machine labeling: schema-valid or recorded failures, resumable after a real SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distillery import ingest, lake, label, seed, synth
+from distillery.models import tiny_model
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("teacher") / "m", REPO / "models" / "base")
+
+
+@pytest.fixture
+def corpus(clinical_spec, tmp_path):
+    truth = synth.generate_clinical(tmp_path / "pdfs", 50, bad_every=0)
+    synth.write_csv(synth.pick_seeds(truth, 1), tmp_path / "seeds.csv")
+    spec = clinical_spec.model_copy(update={
+        "source": str(tmp_path / "pdfs"),
+        "seeds": clinical_spec.seeds.model_copy(update={"path": str(tmp_path / "seeds.csv")}),
+        "label": clinical_spec.label.model_copy(update={"limit": 40, "batch_size": 4, "shard_size": 4,
+                                                        "max_new_tokens": 4}),
+        "ingest": clinical_spec.ingest.model_copy(update={"workers": 1}),
+    })
+    docs = ingest.ingest(spec, out=tmp_path / "ingest").path("documents")
+    seeds = seed.import_seeds(spec, docs, out=tmp_path / "seed").path("seed_labels")
+    return spec, docs, seeds
+
+
+def _hashes(shards: Path) -> list[str]:
+    return lake.read_table(shards).column("sha256").to_pylist()
+
+
+def test_teacher_labels_are_in_the_schema_with_a_probability_as_confidence(corpus, teacher, tmp_path):
+    spec, docs, seeds = corpus
+    result = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "label")
+    rows = lake.read_table(result.path("machine_labels")).to_pylist()
+    assert len(rows) == 40 == result.counts["ok"]
+    seeded = set(lake.read_table(seeds).column("sha256").to_pylist())
+    assert not seeded & {r["sha256"] for r in rows}, "experts' documents are not machine-labeled"
+    for r in rows:
+        assert 0 < r["confidence"] <= 1
+        assert r["raw_output"].strip().split("; ")[0] in spec.output.labels
+
+
+def test_unparsable_generations_are_kept_and_marked_failed(corpus, teacher, tmp_path):
+    spec, docs, seeds = corpus
+    spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"reasoning": True})})
+    result = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "label")
+    rows = lake.read_table(result.path("machine_labels")).to_pylist()
+    assert len(rows) == 40
+    failed = [r for r in rows if r["parse_status"] == "failed"]
+    assert failed, "a random model should not produce a parsable answer"
+    assert all(r["answer"] is None and r["parse_error"] and r["raw_output"] is not None for r in failed)
+
+
+KILLABLE = """
+import sys
+from pathlib import Path
+from distillery import label
+from distillery.spec import TaskSpec
+spec = TaskSpec.model_validate_json(Path(sys.argv[1]).read_text())
+label.machine_label(spec, Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), out=Path(sys.argv[5]))
+"""
+
+
+def test_sigkill_mid_labeling_then_rerun_labels_each_document_exactly_once(corpus, teacher, tmp_path):
+    spec, docs, seeds = corpus
+    out = tmp_path / "label"
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    args = [str(tmp_path / "spec.json"), str(teacher), str(docs), str(seeds), str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, *args], env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "shards").glob("*.parquet")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(_hashes(out / "shards"))
+    assert 0 < partial < 40, "the kill should land mid-run"
+    result = label.machine_label(spec, teacher, docs, seeds, out=out)
+    assert result.counts["resumed_from"] == partial
+    hashes = _hashes(out / "shards")
+    assert len(hashes) == len(set(hashes)) == 40
