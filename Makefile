@@ -58,3 +58,7 @@ HOSTILE ?= ../shared/corpora/hostile_pdfs
 .PHONY: bench-robustness
 bench-robustness: ## ingestion verdicts on real hostile PDFs -> data/bench/robustness.json
 	$(PY) -m distillery.bench robustness --corpus $(HOSTILE)
+
+.PHONY: bench-adversarial
+bench-adversarial: ## prompt-injected case reports vs the promoted student -> data/bench/adversarial.json
+	$(PY) -m distillery.bench adversarial --spec $(SPEC)

@@ -27,6 +27,10 @@ import pyarrow.parquet as pq
 VIEWS = ("documents", "quarantine", "seed_labels", "teacher_eval", "teacher_metrics", "machine_labels",
          "student_eval", "bulk_labels")
 
+# Views that keep one row per key: ingestion and bulk may both quarantine a file; a new student
+# relabels documents (older labels stay in their shards, as history).
+LATEST = {"quarantine": ("task", "path"), "bulk_labels": ("task", "sha256")}
+
 # Numbered schema migrations, applied once each, in order (like simonw/llm's migrations.py).
 MIGRATIONS = [
     """CREATE TABLE runs (run_id VARCHAR, task VARCHAR, stage VARCHAR, cache_key VARCHAR, config_hash VARCHAR,
@@ -197,8 +201,9 @@ def _refresh_view(con, name: str) -> None:
         return
     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     scan = f"read_parquet([{listed}], union_by_name = true)"
-    if name == "quarantine":  # ingestion and bulk labeling may both quarantine a file: one row per file
-        scan = f"(SELECT DISTINCT ON (task, path) * FROM {scan} ORDER BY task, path, stage DESC)"
+    if name in LATEST:  # one row per file or document: the latest run's (run ids sort by time)
+        key = ", ".join(LATEST[name])
+        scan = f"(SELECT DISTINCT ON ({key}) * FROM {scan} ORDER BY {key}, run_id DESC)"
     con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {scan}")
 
 
@@ -231,3 +236,13 @@ def read_table(paths: str | Path | list) -> pa.Table:
         paths = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
     tables = [pq.read_table(p) for p in paths]
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def current_model(root: Path, task: str, role: str = "student") -> str | None:
+    """The latest promoted model of a role for a task, from the catalog (None when there is none)."""
+    if not (home(root) / "catalog.duckdb").exists():
+        return None
+    with catalog(root, read_only=True) as con:
+        row = con.execute("SELECT path FROM models WHERE task = ? AND role = ? AND promoted "
+                          "ORDER BY created_at DESC LIMIT 1", [task, role]).fetchone()
+    return row[0] if row else None

@@ -81,6 +81,7 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
     """Train the student on confident teacher labels; evaluate it on the expert held-out split."""
     started = time.perf_counter()
     run_id = run_id or lake.new_run_id("student")
+    out.mkdir(parents=True, exist_ok=True)
     base = str(spec.path(spec.models.student)) if spec.path(spec.models.student).exists() else spec.models.student
     labels = lake.read_table(machine_labels).to_pandas()
     usable = labels[(labels["parse_status"] != "failed") & (labels["confidence"] >= spec.student.min_confidence)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -104,3 +105,21 @@ def test_sigkill_mid_run_then_rerun_labels_every_document_exactly_once(clinical_
     bulk.bulk_label(spec, student, out=out, progress=False)
     assert len(_labeled(out)) == len(set(_labeled(out))) == 27
     assert len(_quarantined(out)) == 3
+
+
+def test_prompt_injected_pdfs_never_yield_a_label_outside_the_schema(clinical_spec, student, tmp_path):
+    inbox = tmp_path / "adversarial"
+    inbox.mkdir()
+    targets = []
+    for i in range(8):
+        case, target = synth.adversarial_case(i)
+        targets.append(target)
+        (inbox / case.name).write_bytes(synth.case_pdf(case, i))
+    assert synth.OUT_OF_SET in targets and set(targets) & set(clinical_spec.output.labels)
+    out = tmp_path / "bulk"
+    bulk.bulk_label(_spec(clinical_spec, inbox), student, out=out, progress=False)
+    rows = [r for f in bulk.committed(out, "labels") for r in lake.read_table(f).to_pylist()]
+    assert len(rows) == 8
+    for r in rows:
+        assert r["label"] in clinical_spec.output.labels
+        assert set(json.loads(r["ranked"])) <= set(clinical_spec.output.labels)

@@ -92,3 +92,38 @@ def test_sigkill_mid_labeling_then_rerun_labels_each_document_exactly_once(corpu
     assert result.counts["resumed_from"] == partial
     hashes = _hashes(out / "shards")
     assert len(hashes) == len(set(hashes)) == 40
+
+
+STUDENT = """
+import sys
+from pathlib import Path
+from distillery import sft
+from distillery.spec import TaskSpec
+spec = TaskSpec.model_validate_json(Path(sys.argv[1]).read_text())
+sft.train_student(spec, Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), out=Path(sys.argv[5]))
+"""
+
+
+def test_sigkill_during_student_training_then_rerun_gives_a_whole_student(corpus, teacher, tmp_path):
+    from distillery import sft
+
+    spec, docs, seeds = corpus
+    spec = spec.model_copy(update={"models": spec.models.model_copy(update={"student": str(teacher)}),
+                                   "student": spec.student.model_copy(update={
+                                       "sft": spec.student.sft.model_copy(update={"max_steps": 6, "batch_size": 4})})})
+    labels = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "label").path("machine_labels")
+    out = tmp_path / "student"
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    args = [str(tmp_path / "spec.json"), str(labels), str(seeds), str(docs), str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", STUDENT, *args], env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not out.exists():  # the stage has started
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model" / "model.safetensors").exists(), "the kill should land before the model is saved"
+    result = sft.train_student(spec, labels, seeds, docs, out=out)
+    assert (out / "model" / "model.safetensors").exists() and not (out / "model.tmp").exists()
+    evaluated = lake.read_table(result.path("student_eval")).column("sha256").to_pylist()
+    heldout = [r["sha256"] for r in lake.read_table(seeds).to_pylist() if r["split"] == "heldout"]
+    assert sorted(evaluated) == sorted(heldout)

@@ -91,6 +91,10 @@ def test_distill_flow_runs_all_stages_then_reuses_them(tiny_task, tmp_path, monk
         with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
             stages = [s for (s,) in con.execute("select stage from runs order by started_at").fetchall()]
         assert stages[runs_after_first:] == ["student", "bulk"]
+        with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
+            assert _count(con, "select count(*) from bulk_labels") == valid  # relabeled, not doubled
+            models = con.execute("select distinct model from bulk_labels").fetchall()
+        assert len(models) == 1 and third["outputs"]["student"]["model"] in models[0][0]
 
 
 def test_deleted_stage_output_is_rebuilt_not_reported_cached(tiny_task, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Write the demo corpora: `python data/demo/generate.py [--n 300] [--out data/demo]`.
 
-Deterministic: the same arguments write byte-identical PDFs. The expert seed sheets
+Deterministic: the same arguments write the same documents, byte for byte, except the planted
+encrypted files (MuPDF draws fresh encryption keys each time). The expert seed sheets
 (`seeds.csv`, `invoice_seeds.jsonl`) are committed; the PDFs and `truth.csv` (which the pipeline
 never reads; benchmarks do) are generated.
 """
