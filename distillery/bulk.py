@@ -43,16 +43,18 @@ class BulkBusy(DistilleryError):
 
 @contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
+    """Hold the folder's lock. A POSIX record lock, not flock: forked extraction workers do not
+    inherit it, so a killed run's orphaned workers cannot keep the next run out."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             raise BulkBusy(f"another bulk run is labeling into {folder}; wait for it to finish") from None
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 def read_manifest(out: Path) -> dict:

@@ -35,6 +35,7 @@ def is_top1(answer: Answer, gold, score: float | None) -> bool:
 def grade_items(spec: TaskSpec, items: list[dict], answers: list[Answer], extra: list[dict] | None = None) -> pd.DataFrame:
     """Per-item rows: parse status, answer, score, reason, top1 (plus any extra columns)."""
     grader = build_grader(spec.grader, spec)
+    columns = ["sha256", "document", "gold", "parse_status", "answer", "score", "reason", "top1", *(extra[0] if extra else {})]
     rows = []
     for n, (item, answer) in enumerate(zip(items, answers)):
         grade = grader(answer, item["answer"])
@@ -45,7 +46,7 @@ def grade_items(spec: TaskSpec, items: list[dict], answers: list[Answer], extra:
             "score": grade.score, "reason": grade.reason, "top1": is_top1(answer, item["answer"], grade.score),
             **(extra[n] if extra else {}),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def summarize(rows: pd.DataFrame) -> dict:

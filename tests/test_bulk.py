@@ -72,11 +72,28 @@ def test_relabel_labels_everything_again_with_the_current_student(clinical_spec,
     assert again.counts["labeled"] == 27
 
 
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from distillery import bulk
+with bulk.exclusive(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_a_second_concurrent_run_is_refused(clinical_spec, inbox, student, tmp_path):
     out = tmp_path / "bulk"
-    with bulk.exclusive(out):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(bulk.BulkBusy):
             bulk.bulk_label(_spec(clinical_spec, inbox), student, out=out, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not bulk.committed(out, "labels")
 
 
 KILLABLE = """

@@ -24,8 +24,8 @@ def teacher(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def corpus(clinical_spec, tmp_path):
-    truth = synth.generate_clinical(tmp_path / "pdfs", 50, bad_every=0)
-    synth.write_csv(synth.pick_seeds(truth, 1), tmp_path / "seeds.csv")
+    truth = synth.generate_clinical(tmp_path / "pdfs", 60, bad_every=0)
+    synth.write_csv(synth.pick_seeds(truth, 2), tmp_path / "seeds.csv")  # 10 held out, 40 left to label
     spec = clinical_spec.model_copy(update={
         "source": str(tmp_path / "pdfs"),
         "seeds": clinical_spec.seeds.model_copy(update={"path": str(tmp_path / "seeds.csv")}),
