@@ -12,30 +12,31 @@ class DistilleryError(Exception):
     """Base class: a terminal error that retrying will not fix."""
 
 
-class SpecError(DistilleryError):
-    """A task spec that does not validate; lists every problem at once."""
+class _Problems(DistilleryError):
+    """An input with problems, all listed at once, each naming its field or row."""
+
+    what = "input"
 
     def __init__(self, path: str, problems: list[str]):
         self.path = str(path)
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{self.path}: {len(self.problems)} problem(s) in task spec\n{lines}")
+        super().__init__(f"{self.path}: {len(self.problems)} problem(s) in {self.what}\n{lines}")
 
     def __reduce__(self):
         return (type(self), (self.path, self.problems))
 
 
-class SeedError(DistilleryError):
-    """A seed file with bad rows; lists every problem at once, each naming the row."""
+class SpecError(_Problems):
+    """A task spec that does not validate."""
 
-    def __init__(self, path: str, problems: list[str]):
-        self.path = str(path)
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{self.path}: {len(self.problems)} problem(s) in seed file\n{lines}")
+    what = "task spec"
 
-    def __reduce__(self):
-        return (type(self), (self.path, self.problems))
+
+class SeedError(_Problems):
+    """A seed file with bad rows."""
+
+    what = "seed file"
 
 
 class StageInputMissing(DistilleryError):

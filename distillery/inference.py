@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from distillery.models import device, load_model
+from distillery.models import load_model
 
 
 @dataclass(frozen=True)
@@ -169,5 +169,3 @@ def make_backend(model_path: str, *, kind: str = "auto", batch_size: int = 8) ->
         return VLLMBackend(model_path)
     return TransformersBackend(model_path, batch_size=batch_size)
 
-
-__all__ = ["Backend", "Generation", "TransformersBackend", "VLLMBackend", "make_backend", "device"]

@@ -20,6 +20,7 @@ import pyarrow as pa
 from distillery import lake
 from distillery.inference import make_backend
 from distillery.prompts import format_answer, parse_answer, prompt_hash, render_prompt
+from distillery.sft import score_answers
 from distillery.spec import ClassificationOutput, TaskSpec
 
 SCHEMA = pa.schema([
@@ -69,8 +70,6 @@ def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_
 
 def _scored_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
     """The teacher's ranked answer as the label set ordered by P(label | prompt, `Answer:`)."""
-    from distillery.sft import score_answers
-
     answers, probs = score_answers(spec, backend, [d["text"] for d in docs])
     phash = prompt_hash(spec, False)
     return [{"sha256": d["sha256"], "raw_output": format_answer(a.ranked), "reasoning": "",

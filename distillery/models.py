@@ -68,7 +68,7 @@ def device() -> str:
 
 def load_model(name: str, *, for_training: bool = False):
     """(model, tokenizer) from an HF id or a local path; left padding for batched generation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device() == "cuda" else torch.float32
     tokenizer = load_tokenizer(name)

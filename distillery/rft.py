@@ -20,7 +20,7 @@ import pandas as pd
 from distillery import lake
 from distillery.evaluate import evaluate_generative, seed_items
 from distillery.graders import build_grader
-from distillery.inference import TransformersBackend
+from distillery.inference import TransformersBackend, vllm_available
 from distillery.models import device, load_model, load_tokenizer
 from distillery.prompts import parse_answer, render_prompt
 from distillery.sft import answer_examples, train_sft
@@ -93,7 +93,7 @@ def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], ou
         num_generations=cfg.num_generations, temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length, beta=cfg.beta, loss_type=cfg.loss_type,
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[],
-        seed=spec.seed, use_cpu=not gpu, bf16=gpu, disable_tqdm=True, use_vllm=gpu and _has_vllm(),
+        seed=spec.seed, use_cpu=not gpu, bf16=gpu, disable_tqdm=True, use_vllm=vllm_available(),
         vllm_mode="colocate",
     )
     peft_config = None
@@ -111,12 +111,6 @@ def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], ou
              for h in trainer.state.log_history if "reward" in h]
     shutil.rmtree(out / "scratch", ignore_errors=True)
     return pd.DataFrame(steps + history), history
-
-
-def _has_vllm() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
 
 
 def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, run_id: str | None = None) -> lake.StageResult:

@@ -21,7 +21,7 @@ from distillery import lake
 from distillery.errors import SeedError
 from distillery.graders import grade_gold
 from distillery.prompts import match_label
-from distillery.spec import ClassificationOutput, ExtractionOutput, TaskSpec
+from distillery.spec import ClassificationOutput, TaskSpec
 
 
 def read_seed_file(path: str | Path) -> pd.DataFrame:

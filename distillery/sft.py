@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from distillery import lake
-from distillery.errors import StageInputMissing
+from distillery.errors import DistilleryError, StageInputMissing
 from distillery.evaluate import grade_items, seed_items, summarize
 from distillery.inference import TransformersBackend
 from distillery.models import device, load_tokenizer
@@ -65,7 +65,8 @@ def answer_examples(spec: TaskSpec, items: list[dict], tokenizer) -> list[dict]:
 def score_answers(spec: TaskSpec, backend: TransformersBackend, texts: list[str]) -> tuple[list[Answer], list[list[float]]]:
     """The student's answers: every label scored in one pass, ranked by probability."""
     if not isinstance(spec.output, ClassificationOutput):
-        raise NotImplementedError("label scoring applies to classification; extraction uses constrained decoding")
+        raise DistilleryError(f"task {spec.name!r}: the student scores a label set, so it serves classification "
+                              "tasks; extraction students (schema-constrained JSON decoding) are not supported yet")
     labels = list(spec.output.labels)
     prompts = [render_prompt(t, spec, backend.tokenizer) for t in texts]
     probs = backend.score_labels(prompts, labels)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from distillery.cli import main
@@ -32,3 +34,20 @@ def test_a_bad_spec_is_an_error_message_not_a_traceback(tmp_path, capsys):
     assert main(["grade", "validate", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "name" in err and "source" in err
+
+
+def test_the_invoice_extraction_spec_runs_through_seed_import_and_grading(tmp_path):
+    from distillery import ingest, lake, seed, synth
+    from distillery.graders import validate_grader
+    from distillery.spec import load_spec
+
+    synth.generate_invoices(tmp_path / "invoices", 40)
+    spec = load_spec(REPO / "data" / "demo" / "invoices.yaml")
+    spec = spec.model_copy(update={"source": str(tmp_path / "invoices"), "root": str(REPO)})
+    docs = ingest.ingest(spec, out=tmp_path / "ingest")
+    assert docs.counts["documents"] == 40 and docs.counts["quarantined"] == 0
+    seeds = seed.import_seeds(spec, docs.path("documents"), out=tmp_path / "seed")
+    assert sum(seeds.counts.values()) == 30
+    answers = [json.loads(a) for a in lake.read_table(seeds.path("seed_labels")).column("answer").to_pylist()]
+    table, ok = validate_grader(spec, answers)
+    assert ok and table[0]["answer"] == "gold" and table[0]["mean"] == 1.0
