@@ -51,16 +51,17 @@ def _out_dir(stage: str, spec: TaskSpec, key: str) -> Path:
 
 
 def _cache_key(context, parameters) -> str:
-    stage, spec = parameters["stage"], parameters["spec"]
-    key, _ = stage_key(stage, spec, parameters.get("upstream") or [])
-    return f"{spec.name}-{stage}-{key}"
+    return f"{parameters['spec'].name}-{parameters['stage']}-{parameters['key']}"
 
 
 def run_stage(stage: str, spec: TaskSpec, upstream: list[lake.StageResult], **call):
-    """Run a stage task; a cached result whose output folder is gone is recomputed, not reused."""
-    key, _ = stage_key(stage, spec, upstream)
+    """Run a stage task; a cached result whose output folder is gone is recomputed, not reused.
+
+    The key is computed once here (hashing the inputs can mean reading every PDF) and passed on.
+    """
+    key, inputs = stage_key(stage, spec, upstream)
     missing = not lake.is_done(_out_dir(stage, spec, key))
-    return stage_task.with_options(refresh_cache=missing)(stage, spec, upstream, **call)
+    return stage_task.with_options(refresh_cache=missing)(stage, spec, upstream, key, inputs, **call)
 
 
 RUNNERS: dict[str, Callable[..., lake.StageResult]] = {
@@ -83,10 +84,9 @@ def _files(path: str) -> list[str]:
 
 @task(cache_key_fn=_cache_key, persist_result=True, cache_expiration=timedelta(days=365), retries=1,
       retry_delay_seconds=5, task_run_name="{stage}")
-def stage_task(stage: str, spec: TaskSpec, upstream: list[lake.StageResult]) -> lake.StageResult:
+def stage_task(stage: str, spec: TaskSpec, upstream: list[lake.StageResult], key: str, inputs: dict) -> lake.StageResult:
     """Run one pipeline stage (or reuse its finished output) and register it in the catalog."""
     log = get_run_logger()
-    key, inputs = stage_key(stage, spec, upstream)
     out = _out_dir(stage, spec, key)
     if lake.is_done(out):
         log.info("%s: output %s already complete", stage, out)
@@ -115,22 +115,22 @@ def _bulk_marker(spec: TaskSpec, key: str) -> Path:
 
 
 def _bulk_cache_key(context, parameters) -> str:
-    return f"{parameters['spec'].name}-bulk-{_bulk_key(parameters['spec'], parameters['student'])}"
+    return f"{parameters['spec'].name}-bulk-{parameters['key']}"
 
 
 def run_bulk(spec: TaskSpec, student: lake.StageResult, relabel: bool = False, **call):
     """Bulk-label the source; reused only while the source listing and the student are unchanged."""
-    missing = relabel or not _bulk_marker(spec, _bulk_key(spec, student)).exists()
-    return bulk_task.with_options(refresh_cache=missing)(spec, student, relabel, **call)
+    key = _bulk_key(spec, student)
+    missing = relabel or not _bulk_marker(spec, key).exists()
+    return bulk_task.with_options(refresh_cache=missing)(spec, student, key, relabel, **call)
 
 
 @task(cache_key_fn=_bulk_cache_key, persist_result=True, cache_expiration=timedelta(days=365),
       task_run_name="bulk", retries=1, retry_delay_seconds=5)
-def bulk_task(spec: TaskSpec, student: lake.StageResult, relabel: bool = False) -> lake.StageResult:
+def bulk_task(spec: TaskSpec, student: lake.StageResult, key: str, relabel: bool = False) -> lake.StageResult:
     """Label the PDFs of the bulk source the student has not labeled yet (all of them with relabel)."""
     out = lake.home() / "lake" / spec.name / "bulk"
     started = lake.now()
-    key = _bulk_key(spec, student)
     result = replace(bulk.bulk_label(spec, Path(student.outputs["model"]), out=out, relabel=relabel), key=key)
     quarantine = [str(f) for f in bulk.committed(out, "quarantine")]
     views = {"bulk_labels": [str(f) for f in bulk.committed(out, "labels")]}
