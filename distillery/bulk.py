@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,13 +104,12 @@ def bulk_label(spec: TaskSpec, student: Path, *, out: Path, relabel: bool = Fals
         bad: list[dict] = []
         shards = 0
         meta = {"task": spec.name, "run_id": run_id, "stage": "bulk"}
-        files = pdf.extract_many(list_pdfs(source), workers=ing.workers, timeout_s=ing.timeout_s,
-                                 max_bytes=int(ing.max_file_mb * 2**20), min_chars=ing.min_chars)
         bar = _progress(progress)
+        files = pdf.extract_many(_unseen(list_pdfs(source), seen, counts, bar), workers=ing.workers,
+                                 timeout_s=ing.timeout_s, max_bytes=int(ing.max_file_mb * 2**20),
+                                 min_chars=ing.min_chars)
         for r in files:
-            counts["seen"] += 1
-            bar.update(1)
-            if r.sha256 in seen:
+            if r.sha256 in seen:  # a byte-identical copy met earlier in this run
                 counts["skipped"] += 1
                 continue
             seen.add(r.sha256)
@@ -133,6 +133,21 @@ def bulk_label(spec: TaskSpec, student: Path, *, out: Path, relabel: bool = Fals
     outputs = {"bulk_labels": json.dumps(files_out), "folder": str(out)}
     metrics = {"docs_per_s": counts["seen"] / seconds if seconds else 0.0, "model": model_id}
     return lake.StageResult("bulk", run_id, outputs, counts, metrics, seconds)
+
+
+def _unseen(paths, seen: set[str], counts: dict, bar):
+    """Paths whose content hash is not done yet: skipping before extraction keeps reruns cheap.
+
+    Only regular files are hashed here; anything else (a FIFO, a device) goes to the extraction
+    workers, whose per-file timeout handles it.
+    """
+    for path in paths:
+        counts["seen"] += 1
+        bar.update(1)
+        if os.path.isfile(path) and pdf.sha256_file(path) in seen:
+            counts["skipped"] += 1
+            continue
+        yield path
 
 
 def _flush(out: Path, labels: list[dict], bad: list[dict], run_id: str, shards: int, counts: dict) -> int:
