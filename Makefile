@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 RUN := $(PY) -m flows.distill $(SPEC) --profile $(PROFILE) --until
 
-.PHONY: setup deps model demo-data demo seed teacher label student bulk test lock clean
+.PHONY: setup deps model demo-data demo seed teacher label student bulk inbox test lock clean
 
 setup: deps model demo-data ## venv, pinned dependencies, base model, demo corpus
 
@@ -42,6 +42,9 @@ teacher: ; $(RUN) teacher
 label: ; $(RUN) label
 student: ; $(RUN) student
 bulk: ; $(RUN) bulk
+
+inbox: ## label new PDFs in SOURCE (default: the spec's bulk.source) with the promoted student
+	$(PY) -m flows.bulk $(SPEC) --profile $(PROFILE) $(if $(SOURCE),--source $(SOURCE))
 
 test: ## the test suite (tiny random models; needs `make setup` first)
 	$(PY) -m pytest tests

@@ -132,16 +132,30 @@ def bulk_task(spec: TaskSpec, student: lake.StageResult, key: str, relabel: bool
     out = lake.home() / "lake" / spec.name / "bulk"
     started = lake.now()
     result = replace(bulk.bulk_label(spec, Path(student.outputs["model"]), out=out, relabel=relabel), key=key)
+    _register_bulk(spec, result, out, key, {"student": student.key}, started)
+    lake.write_json({"run_id": result.run_id}, _bulk_marker(spec, key))
+    return result
+
+
+@task(task_run_name="bulk-inbox", retries=1, retry_delay_seconds=5)
+def label_inbox(spec: TaskSpec, student: str, source: str | None = None, relabel: bool = False) -> lake.StageResult:
+    """The scheduled bulk run: never cached, since skipping what is done is bulk labeling's own job."""
+    out = lake.home() / "lake" / spec.name / "bulk"
+    started = lake.now()
+    result = bulk.bulk_label(spec, Path(student), out=out, source=source, relabel=relabel)
+    _register_bulk(spec, result, out, result.metrics["model"], {"student": student, "source": source or ""}, started)
+    return result
+
+
+def _register_bulk(spec: TaskSpec, result: lake.StageResult, out: Path, key: str, inputs: dict, started) -> None:
     quarantine = [str(f) for f in bulk.committed(out, "quarantine")]
     views = {"bulk_labels": [str(f) for f in bulk.committed(out, "labels")]}
     if quarantine:
         views["quarantine"] = quarantine
     lake.register(lake.home(), spec.name, result, cache_key=key, config_hash=spec.section_hash(*SECTIONS["bulk"]),
-                  inputs={"student": student.key}, started_at=started, views=views)
-    lake.write_json({"run_id": result.run_id}, _bulk_marker(spec, key))
+                  inputs=inputs, started_at=started, views=views)
     get_run_logger().info("%s", result)
     publish(spec, result)
-    return result
 
 
 def publish(spec: TaskSpec, result: lake.StageResult) -> None:

@@ -96,6 +96,18 @@ def test_distill_flow_runs_all_stages_then_reuses_them(tiny_task, tmp_path, monk
             models = con.execute("select distinct model from bulk_labels").fetchall()
         assert len(models) == 1 and third["outputs"]["student"]["model"] in models[0][0]
 
+        from flows.bulk import bulk
+
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        for i in range(100, 103):
+            (inbox / f"new-{i}.pdf").write_bytes(synth.case_pdf(synth.make_case(i), i))
+        scheduled = bulk(str(changed), None, str(inbox))
+        assert scheduled["counts"] == {"seen": 3, "skipped": 0, "labeled": 3, "quarantined": 0}
+        assert bulk(str(changed), None, str(inbox))["counts"]["skipped"] == 3
+        with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
+            assert _count(con, "select count(*) from bulk_labels") == valid + 3
+
 
 def test_deleted_stage_output_is_rebuilt_not_reported_cached(tiny_task, tmp_path, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
