@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from distillery import lake, pdf, synth
+from distillery.errors import StageInputMissing
 
 DEFAULT_HOSTILE = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "hostile_pdfs"
 
@@ -76,7 +77,7 @@ def adversarial(spec_path: str, n: int = 40, student: str | None = None) -> dict
     spec = load_spec(spec_path)
     student = student or lake.current_model(lake.home(), spec.name)
     if student is None:
-        raise SystemExit(f"no promoted student for {spec.name!r}: run `make student` first")
+        raise StageInputMissing("bench-adversarial", f"a promoted student for task {spec.name!r}", "make student")
     cases = [synth.adversarial_case(i) for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
         texts = {}

@@ -40,13 +40,14 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from distillery.errors import DistilleryError
+    from distillery.lake import STAGES
 
     ap = argparse.ArgumentParser(prog="distillery", description="Expert labels -> RFT teacher -> student -> bulk labels.")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the distill flow (all stages, or up to --until)")
     run.add_argument("spec")
     run.add_argument("--profile", default="demo")
-    run.add_argument("--until", default="bulk", choices=["ingest", "seed", "teacher", "label", "student", "bulk"])
+    run.add_argument("--until", default="bulk", choices=STAGES)
     run.set_defaults(fn=_run)
     grade = sub.add_parser("grade", help="grader tools")
     grade_sub = grade.add_subparsers(dest="grade_command", required=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Callable
 
-from distillery.prompts import Answer, match_label, parse_answer
+from distillery.prompts import Answer, format_answer, match_label, parse_answer
 from distillery.spec import ExtractionOutput, FieldSpec, GraderSpec, TaskSpec
 
 
@@ -174,8 +174,6 @@ def score_completions(completions: list[str], golds: list[Any], spec: TaskSpec, 
 
 def _corruptions(gold: Any, spec: TaskSpec) -> dict[str, str]:
     """Answers a working grader must score below gold, as completions after the `Answer:` prefill."""
-    from distillery.prompts import format_answer
-
     bad = {"unparsable": " I am not sure about this one."}
     if isinstance(spec.output, ExtractionOutput):
         name = next(iter(spec.output.fields))
@@ -191,16 +189,12 @@ def _corruptions(gold: Any, spec: TaskSpec) -> dict[str, str]:
 
 def validate_grader(spec: TaskSpec, golds: list[Any]) -> tuple[list[dict], bool]:
     """Grade each gold answer and its corruptions. Ok when gold scores 1.0 and every corruption less."""
-    from distillery.prompts import format_answer
-
-    grader = build_grader(spec.grader, spec)
-    scores: dict[str, list[float]] = {"gold": []}
+    golds = [grade_gold(g, spec) for g in golds]
+    completions: dict[str, list[str]] = {"gold": [format_answer([g] if isinstance(g, str) else g) for g in golds]}
     for gold in golds:
-        gold = grade_gold(gold, spec)
-        as_list = [gold] if isinstance(gold, str) else gold
-        scores["gold"].append(grader(parse_answer(format_answer(as_list), spec), gold).score or 0.0)
         for kind, text in _corruptions(gold, spec).items():
-            scores.setdefault(kind, []).append(grader(parse_answer(text, spec), gold).score or 0.0)
+            completions.setdefault(kind, []).append(text)
+    scores = {kind: [g.score or 0.0 for g in score_completions(texts, golds, spec)] for kind, texts in completions.items()}
     table = [{"answer": kind, "n": len(v), "mean": sum(v) / len(v), "max": max(v)} for kind, v in scores.items()]
     gold_ok = all(s == 1.0 for s in scores["gold"])
     separated = all(row["max"] < 1.0 for row in table if row["answer"] != "gold")

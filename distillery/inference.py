@@ -168,4 +168,3 @@ def make_backend(model_path: str, *, kind: str = "auto", batch_size: int = 8) ->
     if kind == "vllm" or (kind == "auto" and vllm_available()):
         return VLLMBackend(model_path)
     return TransformersBackend(model_path, batch_size=batch_size)
-

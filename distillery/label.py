@@ -5,8 +5,9 @@ Classification without reasoning (the CPU profile) is decoded under the schema, 
 structured `choice` would: every label is scored after the `Answer:` prefill in one pass, the
 answer is the labels ranked by probability and the confidence is the top label's probability.
 Otherwise the teacher generates, and its output goes through the one parser; unparsable output is
-kept and marked `failed`, never dropped (confidence: the first answer item's probability). Labels are written in shards as they finish, under `out/shards/`; a rerun
-after a crash labels only the documents no shard holds yet, so every document ends up exactly once.
+kept and marked `failed`, never dropped (confidence: the first answer item's probability).
+Labels are written in shards as they finish, under `out/shards/`; a rerun after a crash labels
+only the documents no shard holds yet, so every document ends up exactly once.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+STAGES = ("ingest", "seed", "teacher", "label", "student", "bulk")  # the pipeline, in order
 VIEWS = ("documents", "quarantine", "seed_labels", "teacher_eval", "teacher_metrics", "machine_labels",
          "student_eval", "bulk_labels")
 

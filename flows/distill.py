@@ -9,10 +9,9 @@ import argparse
 
 from prefect import flow, get_run_logger
 
+from distillery.lake import STAGES
 from distillery.spec import load_spec
 from tasks.stages import run_bulk, run_stage
-
-STAGES = ("ingest", "seed", "teacher", "label", "student", "bulk")
 
 
 @flow(name="distill")
