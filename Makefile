@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 RUN := $(PY) -m flows.distill $(SPEC) --profile $(PROFILE) --until
 
-.PHONY: setup deps model demo-data demo seed teacher label student bulk inbox test lock clean
+.PHONY: setup deps model demo-data demo seed teacher label student bulk inbox test lock clean server deploy worker stop
 
 setup: deps model demo-data ## venv, pinned dependencies, base model, demo corpus
 
@@ -46,6 +46,36 @@ bulk: ; $(RUN) bulk
 inbox: ## label new PDFs in SOURCE (default: the spec's bulk.source) with the promoted student
 	$(PY) -m flows.bulk $(SPEC) --profile $(PROFILE) $(if $(SOURCE),--source $(SOURCE))
 
+# A local Prefect server (SQLite under data/prefect, loopback only), deployments and a process worker.
+# Server and worker run in the background; logs and pid files in data/prefect/.
+API_PORT ?= 4200
+API := http://127.0.0.1:$(API_PORT)/api
+PREFECT := .venv/bin/prefect
+RUNDIR := data/prefect
+deploy worker: export PREFECT_API_URL = $(API)
+
+server: ## start a local Prefect server in the background (UI: http://127.0.0.1:4200)
+	@mkdir -p $(RUNDIR)
+	@if curl -sf $(API)/health >/dev/null; then echo "a Prefect server already answers on $(API)"; exit 0; fi; \
+	nohup .venv/bin/prefect server start --host 127.0.0.1 --port $(API_PORT) --analytics-off \
+		> $(RUNDIR)/server.log 2>&1 < /dev/null & echo $$! > $(RUNDIR)/distillery-server.pid; \
+	for i in $$(seq 90); do curl -sf $(API)/health >/dev/null && echo "Prefect server on $(API) (log: $(RUNDIR)/server.log)" && exit 0; sleep 1; done; \
+	echo "the server did not answer: see $(RUNDIR)/server.log" >&2; exit 1
+
+deploy: ## register the distill/demo and bulk/demo (cron) deployments on the `distillery` process pool
+	$(PREFECT) work-pool create distillery --type process --overwrite
+	DISTILLERY_ROOT=$(CURDIR) $(PREFECT) --no-prompt deploy --all --prefect-file flows/prefect.yaml
+
+worker: ## a process worker for the `distillery` pool, in the background (log: data/prefect/worker.log)
+	@mkdir -p $(RUNDIR) data/demo/inbox
+	nohup $(PREFECT) worker start --pool distillery --type process > $(RUNDIR)/worker.log 2>&1 < /dev/null & \
+		echo $$! > $(RUNDIR)/distillery-worker.pid
+	@echo "worker started (log: $(RUNDIR)/worker.log)"
+
+stop: ## stop the worker and the server started by `make worker` / `make server`
+	-@for name in worker server; do f=$(RUNDIR)/distillery-$$name.pid; \
+		if [ -f $$f ]; then kill $$(cat $$f) 2>/dev/null && echo "stopped $$name"; rm -f $$f; fi; done
+
 test: ## the test suite (tiny random models; needs `make setup` first)
 	$(PY) -m pytest tests
 
@@ -65,3 +95,11 @@ bench-robustness: ## ingestion verdicts on real hostile PDFs -> data/bench/robus
 .PHONY: bench-adversarial
 bench-adversarial: ## prompt-injected case reports vs the promoted student -> data/bench/adversarial.json
 	$(PY) -m distillery.bench adversarial --spec $(SPEC)
+
+.PHONY: bench-label
+bench-label: ## labeling stage vs a per-document pipeline loop, and calibration -> data/bench/label.json
+	$(PY) -m distillery.bench label --spec $(SPEC) --profile $(PROFILE)
+
+.PHONY: bench-student
+bench-student: ## base, teacher and student: top-1 and docs/s on the same documents -> data/bench/student.json
+	$(PY) -m distillery.bench student --spec $(SPEC) --profile $(PROFILE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import tempfile
@@ -90,7 +91,7 @@ def adversarial(spec_path: str, n: int = 40, student: str | None = None) -> dict
             texts[kind] = [r.text for r in pdf.extract_many(paths, workers=2)]
     backend = TransformersBackend(student, batch_size=16)
     started = time.perf_counter()
-    answers = {kind: score_answers(spec, backend, texts[kind])[0] for kind in texts}
+    answers = {kind: score_answers(spec, backend, texts[kind], student=True)[0] for kind in texts}
     seconds = time.perf_counter() - started
     labels = set(spec.output.labels)
     in_set = [i for i, (_, target) in enumerate(cases) if target in labels]
@@ -114,14 +115,166 @@ def adversarial(spec_path: str, n: int = 40, student: str | None = None) -> dict
     }
 
 
+def _stage_outputs(spec, stage: str) -> dict[str, str]:
+    outputs = lake.latest_outputs(lake.home(), spec.name, stage)
+    if outputs is None:
+        raise StageInputMissing(f"bench ({stage})", f"a finished {stage} stage for task {spec.name!r}", f"make {stage}")
+    return outputs
+
+
+def known_items(spec, documents: Path, seeds: Path, truth: str, limit: int | None = None) -> list[dict]:
+    """Documents whose label is known and that no model trained on: unseeded documents with the
+    generator's truth (which the pipeline never sees), then the expert held-out seeds."""
+    import pandas as pd
+
+    from distillery.evaluate import seed_items
+    from distillery.label import pick_documents
+
+    known = dict(pd.read_csv(truth)[["file", "label"]].itertuples(index=False)) if Path(truth).exists() else {}
+    names = dict(lake.read_table(documents).to_pandas()[["sha256", "name"]].itertuples(index=False))
+    pool = pick_documents(documents, seeds, 10**9)
+    items = [{**d, "answer": known[names[d["sha256"]]]} for d in pool if names.get(d["sha256"]) in known]
+    items += seed_items(spec, seeds, documents, "heldout")
+    return items[-limit:] if limit else items
+
+
+def label(spec_path: str, docs: int = 64, profile: str = "demo", truth: str = "data/demo/truth.csv") -> dict:
+    """Docs/s of the labeling stage vs a naive pipeline loop; ECE and accuracy at coverage."""
+    import pandas as pd
+    import torch
+    from transformers import pipeline
+
+    from distillery.evaluate import calibration
+    from distillery.inference import TransformersBackend
+    from distillery.label import evaluate_labels, label_rows, pick_documents
+    from distillery.prompts import parse_answer, render_prompt
+    from distillery.spec import load_spec
+
+    spec = load_spec(spec_path, profile=profile)
+    teacher = _stage_outputs(spec, "teacher")["model"]
+    documents = _stage_outputs(spec, "ingest")["documents"]
+    seeds = _stage_outputs(spec, "seed")["seed_labels"]
+    pool = pick_documents(Path(documents), Path(seeds), 10**9)
+    sample = pool[:docs]
+    backend = TransformersBackend(teacher, batch_size=spec.label.batch_size)
+    tok = backend.tokenizer
+    prompts = [render_prompt(d["text"], spec, tok) for d in sample]
+    naive = pipeline("text-generation", model=backend.model, tokenizer=tok)
+    budget = spec.label.max_new_tokens
+
+    def run_naive(n: int = len(sample)):
+        return [naive(p, max_new_tokens=budget, do_sample=False, return_full_text=False)[0]["generated_text"]
+                for p in prompts[:n]]
+
+    def run_ours(n: int = len(sample)):
+        return label_rows(spec, backend, sample[:n], model_id="bench", run_id="bench")
+
+    def run_batched_generation():
+        return backend.generate(prompts, max_new_tokens=budget)
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    run_ours(spec.label.batch_size), run_naive(4)  # warm-up: allocator, kernels
+    timings = {}
+    for name, fn in (("naive", run_naive), ("ours", run_ours), ("batched_generation", run_batched_generation)):
+        started = time.perf_counter()
+        out = fn()
+        timings[name] = (time.perf_counter() - started, out)
+    naive_text, ours_rows = timings["naive"][1], timings["ours"][1]
+
+    items = known_items(spec, Path(documents), Path(seeds), truth)
+    rows = evaluate_labels(spec, backend, items, model_id="bench")
+    cal = calibration(rows["confidence"], rows["top1"])
+    golds = {it["sha256"]: it["answer"] for it in items}
+    naive_top1 = [parse_answer(t, spec).top == golds.get(d["sha256"]) for t, d in zip(naive_text, sample)]
+    ours_top1 = [json.loads(r["answer"])[0] == golds.get(r["sha256"]) for r in ours_rows]
+    ours_s, naive_s = timings["ours"][0], timings["naive"][0]
+    return {
+        "docs": len(sample), "ours_docs_per_s": len(sample) / ours_s, "naive_docs_per_s": len(sample) / naive_s,
+        "speedup": naive_s / ours_s,
+        "batched_generation_docs_per_s": len(sample) / timings["batched_generation"][0],
+        "ece": cal["ece"], "acc_at_coverage": cal["acc_at_coverage"], "calibration_docs": cal["n"],
+        "calibration_bins": cal["bins"],
+        "top1_on_timed_docs": {"ours": sum(ours_top1) / len(sample), "naive": sum(naive_top1) / len(sample)},
+        "max_new_tokens": budget, "batch_size": spec.label.batch_size, "model": teacher,
+        "confidence": "probability of the top label, all labels scored after the Answer: prefill",
+        "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    }
+
+
+def fresh_items(n: int, start: int = 100_000) -> list[dict]:
+    """n new demo case reports (text via the same PDF extraction) with their true label."""
+    cases = [synth.make_case(i) for i in range(start, start + n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, case in zip(range(start, start + n), cases):
+            path = Path(tmp) / case.name
+            path.write_bytes(synth.case_pdf(case, i))
+            paths.append(str(path))
+        texts = [r.text for r in pdf.extract_many(paths, workers=2)]
+    return [{"sha256": f"fresh-{c.name}", "document": c.name, "text": t, "answer": c.label}
+            for c, t in zip(cases, texts)]
+
+
+def student(spec_path: str, profile: str = "demo", limit: int = 300) -> dict:
+    """Base, teacher and student on the same fresh documents: top-1 against the truth and docs/s.
+
+    The documents are new case reports from the demo generator (numbered past any demo corpus), so
+    no model saw them: not the teacher's seeds, not the student's machine labels.
+    """
+    import torch
+
+    from distillery.evaluate import grade_items, summarize
+    from distillery.inference import TransformersBackend
+    from distillery.sft import score_answers
+    from distillery.spec import load_spec
+
+    spec = load_spec(spec_path, profile=profile)
+    teacher = _stage_outputs(spec, "teacher")["model"]
+    student_model = lake.current_model(lake.home(), spec.name) or _stage_outputs(spec, "student")["model"]
+    items = fresh_items(limit)
+    texts = [it["text"] for it in items]
+    base = str(spec.path(spec.models.base))
+    torch.set_num_threads(os.cpu_count() or 1)
+    arms = {"base": (base, spec.label.batch_size, False), "teacher": (teacher, spec.label.batch_size, False),
+            "student": (student_model, spec.student.batch_size, True)}
+    result = {}
+    for name, (path, batch, is_student) in arms.items():
+        backend = TransformersBackend(path, batch_size=batch)
+        score_answers(spec, backend, texts[:batch], student=is_student)  # warm-up
+        started = time.perf_counter()
+        answers, _ = score_answers(spec, backend, texts, student=is_student)
+        seconds = time.perf_counter() - started
+        summary = summarize(grade_items(spec, items, answers))
+        result[name] = {"top1": summary["top1"], "mean_reward": summary["mean_reward"],
+                        "docs_per_s": len(items) / seconds, "model": path,
+                        "layers": backend.model.config.num_hidden_layers,
+                        "params_m": sum(p.numel() for p in backend.model.parameters()) / 1e6}
+    teacher_r, student_r = result["teacher"], result["student"]
+    return {**result, "docs": len(items),
+            "accuracy_ratio": student_r["top1"] / teacher_r["top1"] if teacher_r["top1"] else None,
+            "speedup": student_r["docs_per_s"] / teacher_r["docs_per_s"],
+            "scoring": {"teacher": "every label's full token sequence", "student": "first token of each label"
+                        if spec.student.first_token else "every label's full token sequence"},
+            "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name", choices=["robustness", "adversarial"])
+    ap.add_argument("name", choices=["robustness", "adversarial", "label", "student"])
     ap.add_argument("--corpus", default=str(DEFAULT_HOSTILE), help="robustness: the hostile PDF corpus folder")
     ap.add_argument("--spec", default="data/demo/clinical.yaml", help="adversarial: the task spec")
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--docs", type=int, default=64, help="label: documents timed in each arm")
     ap.add_argument("--out", default="data/bench")
     args = ap.parse_args()
-    result = robustness(Path(args.corpus)) if args.name == "robustness" else adversarial(args.spec)
+    if args.name == "robustness":
+        result = robustness(Path(args.corpus))
+    elif args.name == "adversarial":
+        result = adversarial(args.spec)
+    elif args.name == "label":
+        result = label(args.spec, args.docs, args.profile)
+    else:
+        result = student(args.spec, args.profile)
     path = lake.write_json(result, Path(args.out) / f"{args.name}.json")
     shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if not isinstance(v, (dict, list))}
     print(f"{args.name} -> {path}: {shown}")

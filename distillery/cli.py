@@ -1,4 +1,4 @@
-"""The `distillery` command: run the pipeline, validate a grader, query the catalog."""
+"""The `distillery` command: run the pipeline, see what is cached, plan, query, export, validate a grader."""
 
 from __future__ import annotations
 
@@ -31,6 +31,53 @@ def _query(args) -> int:
     return 0
 
 
+def _status(args) -> int:
+    from distillery.spec import load_spec
+    from tasks.stages import status
+
+    spec = load_spec(args.spec, args.profile)
+    print(f"{'stage':<9}{'state':<8}{'key':<18}why")
+    for row in status(spec):
+        print(f"{row['stage']:<9}{row['state']:<8}{row['key']:<18}{row['why']}")
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from distillery.export import export
+    from distillery.spec import load_spec
+
+    spec = load_spec(args.spec, args.profile)
+    suffix = {"csv": ".csv", "jsonl": ".jsonl", "label-studio": ".label-studio.json"}[args.format]
+    out = Path(args.out or f"data/exports/{spec.name}-{args.table}{suffix}")
+    path, n = export(spec, args.format, out, args.table, args.home)
+    print(f"{n} labels -> {path}" + (f" (labeling config: {path.with_suffix('.config.xml')})"
+                                     if args.format == "label-studio" else ""))
+    return 0
+
+
+def _import_label_studio(args) -> int:
+    from pathlib import Path
+
+    from distillery.export import seeds_from_label_studio
+    from distillery.spec import load_spec
+
+    spec = load_spec(args.spec, args.profile)
+    n = seeds_from_label_studio(Path(args.file), spec, Path(args.out), annotated_only=not args.predictions)
+    print(f"{n} labeled documents -> {args.out} (use it as `seeds.path` in the spec)")
+    return 0
+
+
+def _plan(args) -> int:
+    from distillery.plan import plan, render
+    from distillery.spec import load_spec
+
+    spec = load_spec(args.spec, args.profile)
+    print(render(plan(spec, bulk_docs=args.docs, speedup=args.speedup, root=args.home), gpu=args.speedup != 1.0))
+    return 0
+
+
 def _run(args) -> int:
     from flows.distill import distill
 
@@ -55,6 +102,33 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("spec")
     validate.add_argument("--profile", default=None)
     validate.set_defaults(fn=_grade_validate)
+    stat = sub.add_parser("status", help="each stage: cached or stale, and why")
+    stat.add_argument("spec")
+    stat.add_argument("--profile", default="demo")
+    stat.set_defaults(fn=_status)
+    plan = sub.add_parser("plan", help="estimated time of each stage at the spec's sizes, from measured rates")
+    plan.add_argument("spec")
+    plan.add_argument("--profile", default="demo")
+    plan.add_argument("--docs", type=int, default=None, help="documents to bulk-label (default: count the source)")
+    plan.add_argument("--speedup", type=float, default=1.0,
+                      help="target device throughput / this machine's (an assumption; the plan prints it)")
+    plan.add_argument("--home", default=None, help="artifact root (default $DISTILLERY_HOME or ./data)")
+    plan.set_defaults(fn=_plan)
+    exp = sub.add_parser("export", help="labels to CSV, JSONL or Label Studio JSON")
+    exp.add_argument("spec")
+    exp.add_argument("--profile", default="demo")
+    exp.add_argument("--format", choices=["csv", "jsonl", "label-studio"], default="csv")
+    exp.add_argument("--table", choices=["bulk_labels", "machine_labels"], default="bulk_labels")
+    exp.add_argument("--out", default=None, help="output file (default data/exports/<task>-<table>.<ext>)")
+    exp.add_argument("--home", default=None, help="artifact root (default $DISTILLERY_HOME or ./data)")
+    exp.set_defaults(fn=_export)
+    imp = sub.add_parser("import-label-studio", help="a seed file from a reviewed Label Studio JSON export")
+    imp.add_argument("spec")
+    imp.add_argument("file")
+    imp.add_argument("--out", required=True, help="seed CSV to write (document, answer)")
+    imp.add_argument("--profile", default="demo")
+    imp.add_argument("--predictions", action="store_true", help="also take unreviewed predictions")
+    imp.set_defaults(fn=_import_label_studio)
     query = sub.add_parser("query", help="SQL against the DuckDB catalog")
     query.add_argument("sql")
     query.add_argument("--home", default=None, help="artifact root (default $DISTILLERY_HOME or ./data)")

@@ -7,6 +7,8 @@ right (for extraction: whose grade is 1.0); `parse_rate` the share that parsed.
 from __future__ import annotations
 
 import json
+import math
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -14,6 +16,8 @@ from distillery import lake
 from distillery.graders import build_grader
 from distillery.prompts import Answer, parse_answer, render_prompt
 from distillery.spec import ClassificationOutput, TaskSpec
+
+COVERAGES = (0.5, 0.8, 1.0)  # shares of items, most confident first, for accuracy at coverage
 
 
 def seed_items(spec: TaskSpec, seeds, documents, split: str, limit: int | None = None) -> list[dict]:
@@ -64,3 +68,39 @@ def evaluate_generative(spec: TaskSpec, backend, items: list[dict], *, reasoning
     extra = [{"raw_output": g[0].text, "confidence": g[0].confidence} for g in gens]
     rows = grade_items(spec, items, answers, extra)
     return rows, summarize(rows)
+
+
+def calibration(confidence: Iterable[float], correct: Iterable[Any], bins: int = 10) -> dict:
+    """Expected calibration error over `bins` equal-width bins, and accuracy at coverage.
+
+    Bin b holds confidences in [b/bins, (b+1)/bins), the last bin also 1.0; ECE = sum over bins of
+    (items in bin / items) * |accuracy - mean confidence|. Accuracy at coverage c is the accuracy of
+    the ceil(c * n) items with the highest confidence (ties keep input order). Confidences are
+    clipped to [0, 1]; a missing (NaN) confidence counts as 0. Returns `n`, `ece` (None when there
+    are no items), `acc_at_coverage` {"0.5", "0.8", "1.0"} and `bins`: the non-empty bins, each
+    {lo, hi, n, accuracy, confidence}.
+    """
+    conf = [min(1.0, max(0.0, float(c))) if c is not None and not math.isnan(float(c)) else 0.0 for c in confidence]
+    hit = [bool(x) and not (isinstance(x, float) and math.isnan(x)) for x in correct]
+    if len(conf) != len(hit):
+        raise ValueError(f"calibration: {len(conf)} confidences but {len(hit)} correctness values")
+    n = len(conf)
+    if n == 0:
+        return {"n": 0, "ece": None, "acc_at_coverage": {str(c): None for c in COVERAGES}, "bins": []}
+    members: list[list[int]] = [[] for _ in range(bins)]
+    for i, c in enumerate(conf):
+        members[min(int(c * bins), bins - 1)].append(i)
+    table, ece = [], 0.0
+    for b, idx in enumerate(members):
+        if not idx:
+            continue
+        acc = sum(hit[i] for i in idx) / len(idx)
+        mean_conf = sum(conf[i] for i in idx) / len(idx)
+        ece += len(idx) / n * abs(acc - mean_conf)
+        table.append({"lo": b / bins, "hi": (b + 1) / bins, "n": len(idx), "accuracy": acc, "confidence": mean_conf})
+    ranked = sorted(range(n), key=lambda i: -conf[i])
+    coverage = {}
+    for share in COVERAGES:
+        top = ranked[: max(1, math.ceil(share * n - 1e-9))]
+        coverage[str(share)] = sum(hit[i] for i in top) / len(top)
+    return {"n": n, "ece": ece, "acc_at_coverage": coverage, "bins": table}

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -87,10 +88,24 @@ class TransformersBackend:
         return Generation("".join(pieces) if pieces else "", math.exp(lp) if math.isfinite(lp) else 0.0, len(pieces))
 
     @torch.inference_mode()
-    def score_labels(self, prompts: list[str], labels: list[str]) -> torch.Tensor:
-        """P(label | prompt) over exactly `labels`, one row per prompt: [len(prompts), len(labels)]."""
+    def score_labels(self, prompts: list[str], labels: list[str], *, share_prefix: bool = True,
+                     first_token: bool = False) -> torch.Tensor:
+        """P(label | prompt) over exactly `labels`, one row per prompt: [len(prompts), len(labels)].
+
+        The token prefix common to every prompt (system message, instruction, label list: whatever
+        the template puts before the document) is run once and its keys and values reused by every
+        batch, as vLLM's prefix caching does; only the rest of each prompt is computed per document.
+        `first_token` (the student's fast path) scores each label by its first token alone, which
+        needs no pass over the labels' tokens; it requires labels whose first tokens differ.
+        """
         tok = self.tokenizer
         label_ids = [tok(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+        if first_token and len({ids[0] for ids in label_ids}) < len(labels):
+            raise ValueError("first-token scoring needs labels whose first tokens differ; these share one: "
+                             + ", ".join(lab for lab, ids in zip(labels, label_ids)
+                                         if sum(x[0] == ids[0] for x in label_ids) > 1))
+        if first_token:
+            label_ids = [ids[:1] for ids in label_ids]
         width = max(len(ids) for ids in label_ids)
         lab = torch.full((len(labels), width), tok.pad_token_id, dtype=torch.long)
         lab_mask = torch.zeros((len(labels), width), dtype=torch.long)
@@ -98,32 +113,61 @@ class TransformersBackend:
             lab[j, : len(ids)] = torch.tensor(ids)
             lab_mask[j, : len(ids)] = 1
         lab, lab_mask = lab.to(self.model.device), lab_mask.to(self.model.device)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        shared = _common_prefix(ids) if share_prefix and len(ids) > 1 else 0
+        prefix = self._prefix_cache(ids[0][:shared]) if shared else None
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
         out = torch.zeros((len(prompts), len(labels)))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            out[idx] = self._score_batch([prompts[i] for i in idx], lab, lab_mask).float().cpu()
+            out[idx] = self._score_batch([ids[i][shared:] for i in idx], prefix, shared, lab, lab_mask).float().cpu()
         return out
 
-    def _score_batch(self, prompts: list[str], lab: torch.Tensor, lab_mask: torch.Tensor) -> torch.Tensor:
-        enc = self._encode(prompts)
-        mask = enc["attention_mask"]
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        first = self.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True)
-        b, n_lab = mask.shape[0], lab.shape[0]
+    def _prefix_cache(self, prefix: list[int]):
+        ids = torch.tensor([prefix], device=self.model.device)
+        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+
+    def _score_batch(self, ids: list[list[int]], prefix, shared: int, lab: torch.Tensor, lab_mask: torch.Tensor) -> torch.Tensor:
+        pad = self.tokenizer.pad_token_id
+        longest = max(len(x) for x in ids)
+        rows = torch.tensor([[pad] * (longest - len(x)) + x for x in ids], device=self.model.device)
+        mask = torch.tensor([[0] * (longest - len(x)) + [1] * len(x) for x in ids], device=self.model.device)
+        b, n_lab = len(ids), lab.shape[0]
+        cache = None
+        if prefix is not None:  # every row continues the one shared prefix
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(b)
+            mask = torch.cat([torch.ones((b, shared), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -rows.shape[1]:]
+        first = self.model(input_ids=rows, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                           use_cache=True, logits_to_keep=1)
+        if lab.shape[1] == 1:  # one token per label: the prompt's last logits are all it takes
+            logp = torch.log_softmax(first.logits[:, -1].float(), -1)
+            return torch.softmax(logp[:, lab[:, 0]], dim=-1)
         cache = first.past_key_values
         cache.batch_repeat_interleave(n_lab)
-        ids = lab.repeat(b, 1)
+        lab_rows = lab.repeat(b, 1)
         lmask = lab_mask.repeat(b, 1)
         full_mask = torch.cat([mask.repeat_interleave(n_lab, 0), lmask], dim=1)
         start = mask.sum(-1, keepdim=True).repeat_interleave(n_lab, 0)
-        lpos = start + torch.arange(ids.shape[1], device=ids.device)
-        cont = self.model(input_ids=ids, attention_mask=full_mask, position_ids=lpos, past_key_values=cache)
+        lpos = start + torch.arange(lab_rows.shape[1], device=lab_rows.device)
+        cont = self.model(input_ids=lab_rows, attention_mask=full_mask, position_ids=lpos, past_key_values=cache)
         # token j of a label is predicted by the prompt's last logits (j = 0) or the label's (j - 1)
         logits = torch.cat([first.logits[:, -1:].repeat_interleave(n_lab, 0), cont.logits[:, :-1]], dim=1)
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, lab_rows.unsqueeze(-1)).squeeze(-1)
         seq = (logp * lmask).sum(-1).view(b, n_lab)
         return torch.softmax(seq, dim=-1)
+
+
+def _common_prefix(ids: list[list[int]]) -> int:
+    """Tokens every sequence starts with, leaving each at least one token of its own."""
+    n = min(len(x) for x in ids) - 1
+    first = ids[0]
+    for x in ids[1:]:
+        n = min(n, next((i for i in range(n) if x[i] != first[i]), n))
+        if n == 0:
+            break
+    return max(n, 0)
 
 
 class VLLMBackend:

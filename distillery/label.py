@@ -8,6 +8,9 @@ Otherwise the teacher generates, and its output goes through the one parser; unp
 kept and marked `failed`, never dropped (confidence: the first answer item's probability).
 Labels are written in shards as they finish, under `out/shards/`; a rerun after a crash labels
 only the documents no shard holds yet, so every document ends up exactly once.
+The same labeling path then labels the expert held-out seeds, which measures whether the
+confidence can be trusted: expected calibration error and accuracy at 50/80/100% coverage
+(`label_eval.parquet`, and the stage's `heldout` metrics).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 
 from distillery import lake
+from distillery.evaluate import calibration, grade_items, seed_items, summarize
 from distillery.inference import make_backend
 from distillery.prompts import format_answer, parse_answer, prompt_hash, render_prompt
 from distillery.sft import score_answers
@@ -80,7 +85,8 @@ def _scored_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, ru
 
 
 def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *, out: Path,
-                  run_id: str | None = None) -> lake.StageResult:
+                  run_id: str | None = None, on_progress: Callable[[int, int], None] | None = None) -> lake.StageResult:
+    """Label the documents no shard holds yet; `on_progress(done, total)` after every shard."""
     started = time.perf_counter()
     run_id = run_id or lake.new_run_id("label")
     shards = out / "shards"
@@ -96,13 +102,33 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
         rows = label_rows(spec, backend, chunk, model_id=model_id, run_id=run_id)
         lake.write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), shards / f"shard-{n_shard:05d}.parquet")
         n_shard += 1
+        if on_progress:
+            on_progress(len(done) + start + len(chunk), len(todo_all))
     seconds = time.perf_counter() - labeling_started
+    evaluation = evaluate_labels(spec, backend, seed_items(spec, seeds, documents, "heldout"), model_id=model_id)
     table = lake.read_table(shards) if shards.exists() else pa.Table.from_pylist([], schema=SCHEMA)
     status = table.column("parse_status").to_pylist()
     conf = table.column("confidence").to_pylist()
     metrics = {"docs_per_s": len(todo) / seconds if todo and seconds > 0 else None,
-               "mean_confidence": sum(conf) / len(conf) if conf else 0.0}
+               "mean_confidence": sum(conf) / len(conf) if conf else 0.0,
+               "heldout": heldout_metrics(evaluation)}
     counts = {"labeled": len(status), "ok": status.count("ok"), "partial": status.count("partial"),
               "failed": status.count("failed"), "resumed_from": len(done)}
-    outputs = {"machine_labels": str(shards)}
+    outputs = {"machine_labels": str(shards),
+               "label_eval": str(lake.write_parquet(evaluation.assign(task=spec.name, run_id=run_id, stage="label"),
+                                                    out / "label_eval.parquet"))}
     return lake.StageResult("label", run_id, outputs, counts, metrics, time.perf_counter() - started)
+
+
+def evaluate_labels(spec: TaskSpec, backend, items: list[dict], *, model_id: str):
+    """Label expert-labeled items exactly as machine labels are made, and grade them (one row each)."""
+    rows = label_rows(spec, backend, items, model_id=model_id, run_id="") if items else []
+    prefilled = constrained(spec) or not spec.teacher.reasoning
+    answers = [parse_answer(r["raw_output"], spec, prefilled=prefilled) for r in rows]
+    return grade_items(spec, items, answers, [{"confidence": r["confidence"]} for r in rows])
+
+
+def heldout_metrics(rows) -> dict:
+    """Accuracy, reward and how far the confidence can be trusted, on graded rows."""
+    cal = calibration(rows["confidence"], rows["top1"]) if len(rows) else calibration([], [])
+    return {**summarize(rows), "ece": cal["ece"], "acc_at_coverage": cal["acc_at_coverage"]}

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 STAGES = ("ingest", "seed", "teacher", "label", "student", "bulk")  # the pipeline, in order
-VIEWS = ("documents", "quarantine", "seed_labels", "teacher_eval", "teacher_metrics", "machine_labels",
+VIEWS = ("documents", "quarantine", "seed_labels", "teacher_eval", "teacher_metrics", "machine_labels", "label_eval",
          "student_eval", "bulk_labels")
 
 # Views that keep one row per key: ingestion and bulk may both quarantine a file; a new student
@@ -247,3 +247,17 @@ def current_model(root: Path, task: str, role: str = "student") -> str | None:
         row = con.execute("SELECT path FROM models WHERE task = ? AND role = ? AND promoted "
                           "ORDER BY created_at DESC LIMIT 1", [task, role]).fetchone()
     return row[0] if row else None
+
+
+def latest_outputs(root: Path, task: str, stage: str) -> dict[str, str] | None:
+    """The outputs of the latest completed run of a stage whose files still exist (None if none)."""
+    if not (home(root) / "catalog.duckdb").exists():
+        return None
+    with catalog(root, read_only=True) as con:
+        rows = con.execute("SELECT output_path FROM runs WHERE task = ? AND stage = ? AND status = 'completed' "
+                           "ORDER BY finished_at DESC", [task, stage]).fetchall()
+    for (outputs,) in rows:
+        outputs = json.loads(outputs)
+        if all(Path(p).exists() for p in outputs.values()):
+            return outputs
+    return None

@@ -88,6 +88,36 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+def shallow_copy(source: str | Path, out_dir: str | Path, layers: int) -> Path:
+    """A student initialized from `layers` of the source's decoder layers, evenly spaced, first and
+    last included (DistilBERT-style), with the source's embeddings, final norm and tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = load_model(str(source), for_training=True)
+    blocks = model.model.layers
+    if not 0 < layers <= len(blocks):
+        raise ValueError(f"a student of {layers} layers from a model of {len(blocks)}")
+    keep = sorted({round(i * (len(blocks) - 1) / max(layers - 1, 1)) for i in range(layers)})
+    config = model.config
+    config.num_hidden_layers = len(keep)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    student = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith("model.layers."):
+            index = int(name.split(".")[2])
+            if index not in keep:
+                continue
+            name = name.replace(f"model.layers.{index}.", f"model.layers.{keep.index(index)}.", 1)
+        state[name] = tensor
+    student.load_state_dict(state)
+    student.generation_config = model.generation_config
+    student.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 def tiny_model(out_dir: str | Path, tokenizer_from: str | Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
     """A random tiny llama with a real tokenizer: seconds to train, for tests."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -18,7 +18,7 @@ from distillery import lake
 from distillery.errors import DistilleryError, StageInputMissing
 from distillery.evaluate import grade_items, seed_items, summarize
 from distillery.inference import TransformersBackend
-from distillery.models import device, load_tokenizer
+from distillery.models import device, load_tokenizer, shallow_copy
 from distillery.prompts import Answer, format_answer, render_prompt
 from distillery.spec import ClassificationOutput, SFTSpec, TaskSpec
 
@@ -62,14 +62,27 @@ def answer_examples(spec: TaskSpec, items: list[dict], tokenizer) -> list[dict]:
             for it in items]
 
 
-def score_answers(spec: TaskSpec, backend: TransformersBackend, texts: list[str]) -> tuple[list[Answer], list[list[float]]]:
-    """The student's answers: every label scored in one pass, ranked by probability."""
+def first_token_scoring(spec: TaskSpec, tokenizer) -> bool:
+    """Whether the student can score labels by their first token alone (the labels' first tokens differ)."""
+    if not (isinstance(spec.output, ClassificationOutput) and spec.student.first_token):
+        return False
+    firsts = [tokenizer(" " + label, add_special_tokens=False)["input_ids"][0] for label in spec.output.labels]
+    return len(set(firsts)) == len(firsts)
+
+
+def score_answers(spec: TaskSpec, backend: TransformersBackend, texts: list[str], *,
+                  student: bool = False) -> tuple[list[Answer], list[list[float]]]:
+    """Answers under the schema: every label scored in one pass, ranked by probability.
+
+    The teacher scores each label's whole token sequence; the student (`student=True`) its first
+    token when the spec allows and the labels' first tokens differ.
+    """
     if not isinstance(spec.output, ClassificationOutput):
         raise DistilleryError(f"task {spec.name!r}: the student scores a label set, so it serves classification "
                               "tasks; extraction students (schema-constrained JSON decoding) are not supported yet")
     labels = list(spec.output.labels)
     prompts = [render_prompt(t, spec, backend.tokenizer) for t in texts]
-    probs = backend.score_labels(prompts, labels)
+    probs = backend.score_labels(prompts, labels, first_token=student and first_token_scoring(spec, backend.tokenizer))
     answers = []
     for row in probs:
         order = row.argsort(descending=True)[: spec.output.top_k].tolist()
@@ -77,9 +90,35 @@ def score_answers(spec: TaskSpec, backend: TransformersBackend, texts: list[str]
     return answers, probs.tolist()
 
 
+def promotion(spec: TaskSpec, student_top1: float, teacher_top1: float | None) -> dict:
+    """The gate: promote when the student keeps `gate` x the teacher's held-out top-1."""
+    gate = spec.student.gate
+    if teacher_top1 is None:
+        return {"promoted": True, "gate": gate, "reason": "no teacher measurement to compare with"}
+    needed = gate * teacher_top1
+    ok = student_top1 >= needed - 1e-9
+    verdict = "reaches" if ok else "is below"
+    return {"promoted": ok, "gate": gate, "teacher_top1": teacher_top1, "student_top1": student_top1,
+            "reason": f"held-out top-1 {student_top1:.3f} {verdict} {gate:g} x teacher {teacher_top1:.3f} = {needed:.3f}"}
+
+
+def _validation_slice(items: list[dict], share: float = 0.1) -> tuple[list[dict], list[dict]]:
+    """A stable slice of the teacher's labels (by content hash) kept out of training, for agreement."""
+    if len(items) < 10:
+        return items, []
+    ranked = sorted(items, key=lambda it: it["sha256"])
+    n = max(1, int(len(items) * share))
+    held = {it["sha256"] for it in ranked[:n]}
+    return [it for it in items if it["sha256"] not in held], [it for it in items if it["sha256"] in held]
+
+
 def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: Path, *, out: Path,
                   run_id: str | None = None, teacher_top1: float | None = None) -> lake.StageResult:
-    """Train the student on confident teacher labels; evaluate it on the expert held-out split."""
+    """Train the student on confident teacher labels; evaluate it on the expert held-out split.
+
+    Metrics: held-out accuracy and reward, agreement with the teacher on a slice of its labels kept
+    out of training, inference speed, and `promotion` (the gate against the teacher's top-1).
+    """
     started = time.perf_counter()
     run_id = run_id or lake.new_run_id("student")
     out.mkdir(parents=True, exist_ok=True)
@@ -93,14 +132,29 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
         raise StageInputMissing("student", f"teacher labels that parse and reach confidence "
                                 f"{spec.student.min_confidence} (0 of {len(labels)} do)",
                                 "make teacher` with more training, or lower `student.min_confidence")
-    tokenizer = load_tokenizer(base)
-    train = train_sft(base, answer_examples(spec, items, tokenizer), spec.student.sft, out / "model", seed=spec.seed)
+    train_items, agreement_items = _validation_slice(items)
+    init = base
+    if spec.student.layers:
+        init = str(shallow_copy(base, out / "init", spec.student.layers))
+    tokenizer = load_tokenizer(init)
+    train = train_sft(init, answer_examples(spec, train_items, tokenizer), spec.student.sft, out / "model", seed=spec.seed)
+    shutil.rmtree(out / "init", ignore_errors=True)
     backend = TransformersBackend(str(out / "model"), batch_size=spec.student.batch_size)
     heldout = seed_items(spec, seeds, documents, "heldout")
-    answers, probs = score_answers(spec, backend, [it["text"] for it in heldout])
-    rows = grade_items(spec, heldout, answers, [{"probs": json.dumps(p)} for p in probs])
-    metrics = {**summarize(rows), "train": train, "trained_on": len(items), "filtered_out": int(len(labels) - len(items))}
+    scored = time.perf_counter()
+    answers, probs = score_answers(spec, backend, [it["text"] for it in heldout], student=True)
+    docs_per_s = len(heldout) / (time.perf_counter() - scored) if heldout else None
+    rows = grade_items(spec, heldout, answers, [{"probs": json.dumps(p), "confidence": max(p)} for p in probs])
+    summary = summarize(rows)
+    agreement = None
+    if agreement_items:
+        agreed, _ = score_answers(spec, backend, [it["text"] for it in agreement_items], student=True)
+        agreement = sum(a.top == it["answer"] for a, it in zip(agreed, agreement_items)) / len(agreement_items)
+    metrics = {**summary, "train": train, "trained_on": len(train_items), "filtered_out": int(len(labels) - len(items)),
+               "teacher_agreement": agreement, "agreement_items": len(agreement_items), "docs_per_s": docs_per_s,
+               "layers": backend.model.config.num_hidden_layers,
+               "promotion": promotion(spec, summary["top1"], teacher_top1)}
     rows["task"], rows["run_id"], rows["stage"], rows["model"] = spec.name, run_id, "student", "student"
     outputs = {"student_eval": str(lake.write_parquet(rows, out / "student_eval.parquet")), "model": str(out / "model")}
-    counts = {"trained_on": len(items), "heldout": len(heldout)}
+    counts = {"trained_on": len(train_items), "heldout": len(heldout)}
     return lake.StageResult("student", run_id, outputs, counts, metrics, time.perf_counter() - started)

@@ -142,6 +142,12 @@ class StudentSpec(_Strict):
     sft: SFTSpec = Field(default_factory=SFTSpec)
     min_confidence: float = Field(0.0, ge=0, le=1, description="Teacher labels below this are not trained on.")
     batch_size: int = Field(16, ge=1, description="Documents per inference batch.")
+    layers: int | None = Field(None, ge=1, description="Initialize the student from this many of the model's "
+                               "decoder layers (evenly spaced); None keeps them all.")
+    first_token: bool = Field(True, description="Score each label by its first token alone when the labels' "
+                              "first tokens differ (one forward pass per document, no pass over label tokens).")
+    gate: float = Field(0.95, ge=0, le=1, description="Promote the student only if its held-out top-1 is at "
+                        "least gate x the teacher's.")
 
 
 class BulkSpec(_Strict):

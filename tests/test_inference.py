@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distillery.inference import TransformersBackend
+from distillery.inference import TransformersBackend, _common_prefix
 from distillery.models import tiny_model
 from distillery.prompts import render_prompt
 from distillery.sft import score_answers
@@ -37,6 +37,22 @@ def test_label_scores_do_not_depend_on_batch_padding(backend, clinical_spec):
     batched = backend.score_labels(prompts, labels)
     alone = torch.cat([backend.score_labels([p], labels) for p in prompts])
     assert torch.allclose(batched, alone, atol=1e-4)
+
+
+def test_sharing_the_common_prompt_prefix_changes_no_score(backend, clinical_spec):
+    labels = clinical_spec.output.labels
+    prompts = [render_prompt(t, clinical_spec, backend.tokenizer) for t in TEXTS]
+    ids = [backend.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert _common_prefix(ids) > 10  # the chat header and "Case report:" are shared
+    shared = backend.score_labels(prompts, labels)
+    separate = backend.score_labels(prompts, labels, share_prefix=False)
+    assert torch.allclose(shared, separate, atol=1e-5)
+
+
+def test_common_prefix_leaves_every_prompt_a_token_of_its_own():
+    assert _common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
+    assert _common_prefix([[1, 2], [1, 2, 3]]) == 1
+    assert _common_prefix([[5, 2], [1, 2]]) == 0
 
 
 def test_student_answers_stay_inside_the_schema_whatever_the_text_says(backend, clinical_spec):

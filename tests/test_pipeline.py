@@ -12,6 +12,7 @@ import yaml
 
 from distillery import lake, synth
 from distillery.models import tiny_model
+from distillery.report import SECTIONS
 from distillery.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ TINY = {
     "teacher": {"sft": {"max_steps": 2, "batch_size": 4}, "eval_max_items": 6,
                 "grpo": {"steps": 2, "num_generations": 2, "max_completion_length": 6, "eval_interval": 1, "patience": 5}},
     "label": {"limit": 12, "batch_size": 4, "max_new_tokens": 6, "shard_size": 5},
-    "student": {"sft": {"max_steps": 2, "batch_size": 4}, "batch_size": 4},
+    "student": {"sft": {"max_steps": 2, "batch_size": 4}, "batch_size": 4, "gate": 0.0},
     "ingest": {"workers": 1},
 }
 
@@ -72,6 +73,9 @@ def test_distill_flow_runs_all_stages_then_reuses_them(tiny_task, tmp_path, monk
             labels = con.execute("select label from bulk_labels").fetchall()
         spec = load_spec(spec_path)
         assert all(label in spec.output.labels for (label,) in labels)
+        page = Path(first["report"]).read_text()
+        assert Path(first["report"]).parent.parent == tmp_path / "reports"
+        assert all(f'id="{section}"' in page for section in SECTIONS) and "not run" not in page
 
         second = distill(spec_path, None)
         assert second["outputs"] == first["outputs"]
@@ -95,6 +99,18 @@ def test_distill_flow_runs_all_stages_then_reuses_them(tiny_task, tmp_path, monk
             assert _count(con, "select count(*) from bulk_labels") == valid  # relabeled, not doubled
             models = con.execute("select distinct model from bulk_labels").fetchall()
         assert len(models) == 1 and third["outputs"]["student"]["model"] in models[0][0]
+
+        raw["student"]["sft"]["learning_rate"] = 2e-4
+        strict = tmp_path / "strict.yaml"
+        strict.write_text(yaml.safe_dump(raw))
+        from tasks import stages
+
+        with pytest.MonkeyPatch.context() as mp:  # this student fails the promotion gate
+            mp.setattr(stages.sft, "promotion", lambda spec, s, t: {"promoted": False, "reason": "below the gate"})
+            fourth = distill(str(strict), None)
+        assert fourth["states"]["student"] == "Completed" and fourth["states"]["bulk"] == "Cached"
+        assert fourth["outputs"]["bulk"] == third["outputs"]["bulk"]  # still the promoted student's labels
+        assert lake.current_model(tmp_path, "clinical") == third["outputs"]["student"]["model"]
 
         from flows.bulk import bulk
 

@@ -1,0 +1,112 @@
+"""The student: shallow initialization, first-token label scoring, answer-only loss, promotion gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillery import ingest, label, lake, seed, sft, synth
+from distillery.inference import TransformersBackend
+from distillery.models import load_model, shallow_copy, tiny_model
+from distillery.prompts import render_prompt
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("teacher") / "m", REPO / "models" / "base", layers=4)
+
+
+def test_a_shallow_student_keeps_the_chosen_layers_weights(teacher, tmp_path):
+    student = shallow_copy(teacher, tmp_path / "s", 2)
+    big, _ = load_model(str(teacher))
+    small, _ = load_model(str(student))
+    assert small.config.num_hidden_layers == 2
+    # first and last layers of four are kept, in order; embeddings and final norm as they were
+    assert torch.equal(small.model.layers[0].mlp.up_proj.weight, big.model.layers[0].mlp.up_proj.weight)
+    assert torch.equal(small.model.layers[1].self_attn.q_proj.weight, big.model.layers[3].self_attn.q_proj.weight)
+    assert torch.equal(small.model.embed_tokens.weight, big.model.embed_tokens.weight)
+    assert torch.equal(small.model.norm.weight, big.model.norm.weight)
+    with pytest.raises(ValueError):
+        shallow_copy(teacher, tmp_path / "t", 5)
+
+
+def test_first_token_scores_equal_full_scores_on_the_first_token(teacher, clinical_spec):
+    backend = TransformersBackend(str(teacher), batch_size=2)
+    labels = clinical_spec.output.labels
+    prompts = [render_prompt(t, clinical_spec, backend.tokenizer) for t in ["fever, cough", "headache", "x y z"]]
+    fast = backend.score_labels(prompts, labels, first_token=True)
+    assert fast.shape == (3, len(labels)) and torch.allclose(fast.sum(-1), torch.ones(3), atol=1e-5)
+    # the same numbers by hand: the next-token distribution after the prompt, restricted to first tokens
+    firsts = [backend.tokenizer(" " + lab, add_special_tokens=False)["input_ids"][0] for lab in labels]
+    enc = backend.tokenizer(prompts[1], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        logits = backend.model(**enc).logits[0, -1]
+    assert torch.allclose(fast[1], torch.softmax(logits[firsts], -1), atol=1e-5)
+    with pytest.raises(ValueError, match="first tokens differ"):
+        backend.score_labels(prompts, ["Hypothyroidism", "Hypothermia"], first_token=True)
+
+
+def test_training_examples_put_the_loss_on_the_answer_only(clinical_spec, tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from distillery.models import load_tokenizer
+
+    model = tiny_model(tmp_path / "m", REPO / "models" / "base")
+    tok = load_tokenizer(str(model))
+    tok.padding_side = "right"
+    examples = sft.answer_examples(clinical_spec, [{"text": "fever", "answer": "Pneumonia"}], tok)
+    args = SFTConfig(output_dir=str(tmp_path / "o"), completion_only_loss=True, report_to=[], use_cpu=True,
+                     max_length=512)
+    trainer = SFTTrainer(model=str(model), args=args, train_dataset=Dataset.from_list(examples), processing_class=tok)
+    row = trainer.train_dataset[0]
+    batch = trainer.data_collator([row])
+    labels = batch["labels"][0]
+    trained = tok.decode(labels[labels != -100])
+    assert trained.strip().startswith("Pneumonia")
+    assert "fever" not in trained and "Candidates" not in trained  # the prompt carries no loss
+    assert (labels == -100).sum() >= len(tok(examples[0]["prompt"], add_special_tokens=False)["input_ids"]) - 1
+
+
+def test_promotion_gate_both_ways(clinical_spec):
+    spec = clinical_spec.model_copy(update={"student": clinical_spec.student.model_copy(update={"gate": 0.95})})
+    passed = sft.promotion(spec, student_top1=0.62, teacher_top1=0.65)
+    assert passed["promoted"] and "reaches" in passed["reason"]
+    failed = sft.promotion(spec, student_top1=0.60, teacher_top1=0.65)
+    assert not failed["promoted"] and "0.600 is below 0.95 x teacher 0.650" in failed["reason"]
+
+
+@pytest.fixture
+def labeled(clinical_spec, teacher, tmp_path):
+    truth = synth.generate_clinical(tmp_path / "pdfs", 50, bad_every=0)
+    synth.write_csv(synth.pick_seeds(truth, 2), tmp_path / "seeds.csv")
+    spec = clinical_spec.model_copy(update={
+        "source": str(tmp_path / "pdfs"),
+        "seeds": clinical_spec.seeds.model_copy(update={"path": str(tmp_path / "seeds.csv")}),
+        "label": clinical_spec.label.model_copy(update={"limit": 30, "batch_size": 8}),
+        "ingest": clinical_spec.ingest.model_copy(update={"workers": 1}),
+        "models": clinical_spec.models.model_copy(update={"student": str(teacher)}),
+        "student": clinical_spec.student.model_copy(update={
+            "layers": 2, "sft": clinical_spec.student.sft.model_copy(update={"max_steps": 2, "batch_size": 4})}),
+    })
+    docs = ingest.ingest(spec, out=tmp_path / "ingest").path("documents")
+    seeds = seed.import_seeds(spec, docs, out=tmp_path / "seed").path("seed_labels")
+    labels = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "label").path("machine_labels")
+    return spec, docs, seeds, labels
+
+
+def test_the_student_stage_trains_a_shallow_student_and_applies_the_gate(labeled, tmp_path):
+    spec, docs, seeds, labels = labeled
+    kept = sft.train_student(spec, labels, seeds, docs, out=tmp_path / "a", teacher_top1=0.0)
+    assert kept.metrics["layers"] == 2 and kept.metrics["promotion"]["promoted"]
+    assert kept.metrics["agreement_items"] == 3 and kept.counts["trained_on"] == 27  # 10% kept for agreement
+    assert 0.0 <= kept.metrics["teacher_agreement"] <= 1.0 and kept.metrics["docs_per_s"] > 0
+    rejected = sft.train_student(spec, labels, seeds, docs, out=tmp_path / "b", teacher_top1=1.0)
+    assert rejected.metrics["top1"] < 0.95 and not rejected.metrics["promotion"]["promoted"]
+    assert "is below" in rejected.metrics["promotion"]["reason"]
+    evaluated = lake.read_table(kept.path("student_eval")).to_pylist()
+    assert all(0 < r["confidence"] <= 1 for r in evaluated)
