@@ -103,3 +103,11 @@ bench-label: ## labeling stage vs a per-document pipeline loop, and calibration 
 .PHONY: bench-student
 bench-student: ## base, teacher and student: top-1 and docs/s on the same documents -> data/bench/student.json
 	$(PY) -m distillery.bench student --spec $(SPEC) --profile $(PROFILE)
+
+.PHONY: bench-rft
+bench-rft: ## base vs SFT vs SFT+GRPO vs random-reward GRPO on 300 fresh documents -> data/bench/rft.json
+	$(PY) -m distillery.bench rft --spec $(SPEC) --profile $(PROFILE)
+
+.PHONY: bench-grpo-step
+bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the demo sizes -> data/bench/grpo_step.json
+	$(PY) -m distillery.bench grpo_step --spec $(SPEC) --profile $(PROFILE)

@@ -258,13 +258,110 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300) -> dict:
             "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
+def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int | None = None) -> dict:
+    """Does RL on the seeds beat plain SFT on the same seeds? Four arms, one run, fresh documents.
+
+    - base: the base model;
+    - sft_seeds: TRL SFT on the seed train split for as long (wall time) as sft_then_rft trains;
+    - sft_then_rft: the teacher recipe: SFT warm start, then GRPO with the spec's grader, the
+      checkpoint kept on the validation split (also reported as `rft`);
+    - random_reward: the same warm start and GRPO steps with rewards drawn at random (a control
+      that separates learning the task from drifting with training).
+    Every arm is scored on `docs` new case reports from the demo generator, which no arm saw, with
+    the labeling stage's path (every label scored) and the spec's grader.
+    """
+    import shutil
+
+    import torch
+
+    from distillery.evaluate import grade_items, seed_items, summarize
+    from distillery.inference import TransformersBackend
+    from distillery.models import load_tokenizer
+    from distillery.rft import random_reward, run_grpo, split_for_grpo
+    from distillery.sft import answer_examples, score_answers, train_sft
+    from distillery.spec import load_spec
+
+    spec = load_spec(spec_path, profile=profile)
+    if grpo_steps is not None:
+        spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={
+            "grpo": spec.teacher.grpo.model_copy(update={"steps": grpo_steps})})})
+    cfg = spec.teacher
+    documents = Path(_stage_outputs(spec, "ingest")["documents"])
+    seeds = Path(_stage_outputs(spec, "seed")["seed_labels"])
+    train = seed_items(spec, seeds, documents, "train")
+    val = seed_items(spec, seeds, documents, "validation", cfg.eval_max_items)
+    items = fresh_items(docs)
+    base = str(spec.path(spec.models.base))
+    tokenizer = load_tokenizer(base)
+
+    def evaluate(path) -> dict:
+        answers, _ = score_answers(spec, TransformersBackend(str(path), batch_size=spec.label.batch_size),
+                                   [it["text"] for it in items])
+        summary = summarize(grade_items(spec, items, answers))
+        return {"mean_reward": summary["mean_reward"], "top1": summary["top1"]}
+
+    result: dict = {"base": evaluate(base)}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sft_items, grpo_items = split_for_grpo(train, cfg.grpo.heldout_from_sft)
+        warm = train_sft(base, answer_examples(spec, sft_items, tokenizer), cfg.sft, work / "start", seed=spec.seed)
+        arms = {}
+        for name, reward in (("sft_then_rft", None), ("random_reward", random_reward(spec.seed))):
+            out = work / name
+            out.mkdir()
+            shutil.copytree(work / "start", out / "start")
+            started = time.perf_counter()
+            steps, history = run_grpo(spec, out / "start", grpo_items, val, out, reward=reward)
+            seconds = time.perf_counter() - started
+            train_steps = steps[steps["split"] == "train"]
+            best = max(history, key=lambda h: h["mean_reward"]) if history else {}
+            arms[name] = {**evaluate(out / "best"), "grpo_steps": int(len(train_steps)), "grpo_seconds": seconds,
+                          "kept_step": best.get("step"), "validation_reward": best.get("mean_reward"),
+                          "frac_reward_zero_std": float(train_steps["frac_reward_zero_std"].mean())
+                          if "frac_reward_zero_std" in train_steps else None}
+            shutil.rmtree(out)
+        rl = arms["sft_then_rft"]
+        total = warm["seconds"] + rl["grpo_seconds"]
+        sft_steps = max(1, round(total / (warm["seconds"] / warm["steps"])))
+        matched = cfg.sft.model_copy(update={"max_steps": sft_steps})
+        plain = train_sft(base, answer_examples(spec, train, tokenizer), matched, work / "sft", seed=spec.seed)
+        result["sft_seeds"] = {**evaluate(work / "sft"), "steps": plain["steps"], "seconds": plain["seconds"]}
+    result["sft_then_rft"] = {**rl, "sft_steps": warm["steps"], "sft_seconds": warm["seconds"], "seconds": total}
+    result["random_reward"] = arms["random_reward"]
+    result["rft"] = result["sft_then_rft"]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.machine()})"
+    return {**result, "seconds_per_step": rl["grpo_seconds"] / max(rl["grpo_steps"], 1), "steps": rl["grpo_steps"],
+            "device": device, "docs": len(items), "train_seeds": len(train), "sft_seeds_for_warm_start": len(sft_items),
+            "grpo_seeds": len(grpo_items), "validation_seeds": len(val),
+            "grpo": cfg.grpo.model_dump(), "sft": cfg.sft.model_dump(),
+            "gains": {"rft_minus_sft_seeds": rl["mean_reward"] - result["sft_seeds"]["mean_reward"],
+                      "random_minus_sft_seeds": arms["random_reward"]["mean_reward"] - result["sft_seeds"]["mean_reward"],
+                      "rft_minus_base": rl["mean_reward"] - result["base"]["mean_reward"]}}
+
+
+def grpo_step(spec_path: str, profile: str = "demo") -> dict:
+    """One GRPO batch at the spec's sizes: TRL's forward+backward vs the shared-prompt one."""
+    import torch
+
+    from distillery.grpo import bench_grpo_step
+    from distillery.spec import load_spec
+
+    spec = load_spec(spec_path, profile=profile)
+    cfg = spec.teacher.grpo
+    torch.set_num_threads(os.cpu_count() or 1)
+    result = bench_grpo_step(str(spec.path(spec.models.base)), prompts_per_step=cfg.prompts_per_step,
+                             num_generations=cfg.num_generations, completion_length=cfg.max_completion_length)
+    return {**result, "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name", choices=["robustness", "adversarial", "label", "student"])
+    ap.add_argument("name", choices=["robustness", "adversarial", "label", "student", "rft", "grpo_step"])
     ap.add_argument("--corpus", default=str(DEFAULT_HOSTILE), help="robustness: the hostile PDF corpus folder")
     ap.add_argument("--spec", default="data/demo/clinical.yaml", help="adversarial: the task spec")
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--docs", type=int, default=64, help="label: documents timed in each arm")
+    ap.add_argument("--grpo-steps", type=int, default=None, help="rft: GRPO steps (default: the spec's)")
     ap.add_argument("--out", default="data/bench")
     args = ap.parse_args()
     if args.name == "robustness":
@@ -273,8 +370,12 @@ def main() -> None:
         result = adversarial(args.spec)
     elif args.name == "label":
         result = label(args.spec, args.docs, args.profile)
-    else:
+    elif args.name == "student":
         result = student(args.spec, args.profile)
+    elif args.name == "grpo_step":
+        result = grpo_step(args.spec, args.profile)
+    else:
+        result = rft(args.spec, args.profile, grpo_steps=args.grpo_steps)
     path = lake.write_json(result, Path(args.out) / f"{args.name}.json")
     shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if not isinstance(v, (dict, list))}
     print(f"{args.name} -> {path}: {shown}")

@@ -125,7 +125,7 @@ class TransformersBackend:
 
     def _prefix_cache(self, prefix: list[int]):
         ids = torch.tensor([prefix], device=self.model.device)
-        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
 
     def _score_batch(self, ids: list[list[int]], prefix, shared: int, lab: torch.Tensor, lab_mask: torch.Tensor) -> torch.Tensor:
         pad = self.tokenizer.pad_token_id
@@ -139,19 +139,19 @@ class TransformersBackend:
             cache.batch_repeat_interleave(b)
             mask = torch.cat([torch.ones((b, shared), dtype=mask.dtype, device=mask.device), mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -rows.shape[1]:]
-        first = self.model(input_ids=rows, attention_mask=mask, position_ids=pos, past_key_values=cache,
+        first = self.model(input_ids=rows, attention_mask=mask, position_ids=pos, cache=cache,
                            use_cache=True, logits_to_keep=1)
         if lab.shape[1] == 1:  # one token per label: the prompt's last logits are all it takes
             logp = torch.log_softmax(first.logits[:, -1].float(), -1)
             return torch.softmax(logp[:, lab[:, 0]], dim=-1)
-        cache = first.past_key_values
+        cache = first.cache
         cache.batch_repeat_interleave(n_lab)
         lab_rows = lab.repeat(b, 1)
         lmask = lab_mask.repeat(b, 1)
         full_mask = torch.cat([mask.repeat_interleave(n_lab, 0), lmask], dim=1)
         start = mask.sum(-1, keepdim=True).repeat_interleave(n_lab, 0)
         lpos = start + torch.arange(lab_rows.shape[1], device=lab_rows.device)
-        cont = self.model(input_ids=lab_rows, attention_mask=full_mask, position_ids=lpos, past_key_values=cache)
+        cont = self.model(input_ids=lab_rows, attention_mask=full_mask, position_ids=lpos, cache=cache)
         # token j of a label is predicted by the prompt's last logits (j = 0) or the label's (j - 1)
         logits = torch.cat([first.logits[:, -1:].repeat_interleave(n_lab, 0), cont.logits[:, :-1]], dim=1)
         logp = torch.log_softmax(logits.float(), -1).gather(-1, lab_rows.unsqueeze(-1)).squeeze(-1)

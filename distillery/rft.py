@@ -76,10 +76,28 @@ def _eval_callback(spec: TaskSpec, items: list[dict], out: Path, history: list[d
     return KeepBest()
 
 
-def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], out: Path) -> tuple[pd.DataFrame, list[dict]]:
-    """GRPO from `start`; the best checkpoint on validation lands in out/best. Returns step metrics."""
+def random_reward(seed: int):
+    """The control arm: rewards drawn uniformly from the grader's values, whatever the answer."""
+    import random
+
+    rng = random.Random(seed)
+
+    def reward(prompts, completions, answer, **_) -> list[float]:
+        return [rng.choice([0.0, 0.5, 1.0]) for _ in completions]
+
+    reward.__name__ = "random"
+    return reward
+
+
+def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], out: Path, *,
+             reward=None) -> tuple[pd.DataFrame, list[dict]]:
+    """GRPO from `start`; the best checkpoint on validation lands in out/best. Returns step metrics.
+
+    `reward` replaces the spec's grader (the random-reward control of the benchmark)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+
+    from distillery.grpo import SharedPromptGRPOTrainer
 
     cfg = spec.teacher.grpo
     gpu = device() == "cuda"
@@ -94,7 +112,7 @@ def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], ou
         max_completion_length=cfg.max_completion_length, beta=cfg.beta, loss_type=cfg.loss_type,
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[],
         seed=spec.seed, use_cpu=not gpu, bf16=gpu, disable_tqdm=True, use_vllm=vllm_available(),
-        vllm_mode="colocate",
+        vllm_mode="colocate", activation_checkpointing=False,  # small models: memory is not the limit
     )
     peft_config = None
     if cfg.use_lora:
@@ -103,7 +121,8 @@ def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], ou
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     history: list[dict] = []
     model, _ = load_model(str(start), for_training=True)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward_function(spec, prefilled=prefilled)], args=args,
+    trainer_class = SharedPromptGRPOTrainer if cfg.shared_prompt else GRPOTrainer
+    trainer = trainer_class(model=model, reward_funcs=[reward or reward_function(spec, prefilled=prefilled)], args=args,
                           train_dataset=data, processing_class=tokenizer, peft_config=peft_config,
                           callbacks=[_eval_callback(spec, val, out, history)])
     trainer.train()
@@ -111,6 +130,16 @@ def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], ou
              for h in trainer.state.log_history if "reward" in h]
     shutil.rmtree(out / "scratch", ignore_errors=True)
     return pd.DataFrame(steps + history), history
+
+
+def split_for_grpo(train: list[dict], share: float) -> tuple[list[dict], list[dict]]:
+    """(SFT items, GRPO items): with share > 0, GRPO trains on a stable slice the SFT never saw."""
+    if share <= 0 or len(train) < 2:
+        return train, train
+    ranked = sorted(train, key=lambda it: it["sha256"])
+    n = min(len(train) - 1, max(1, round(share * len(train))))
+    held = {it["sha256"] for it in ranked[:n]}
+    return [it for it in train if it["sha256"] not in held], [it for it in train if it["sha256"] in held]
 
 
 def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, run_id: str | None = None) -> lake.StageResult:
@@ -130,10 +159,11 @@ def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, ru
     evals.append(base_rows.assign(model="base"))
 
     start = out / "start"
-    metrics["sft"] = train_sft(base, answer_examples(spec, train, load_tokenizer(base)), spec.teacher.sft, start,
+    sft_items, grpo_items = split_for_grpo(train, spec.teacher.grpo.heldout_from_sft)
+    metrics["sft"] = train_sft(base, answer_examples(spec, sft_items, load_tokenizer(base)), spec.teacher.sft, start,
                                seed=spec.seed)
     if spec.teacher.grpo.steps > 0:
-        steps, _ = run_grpo(spec, start, train, val, out)
+        steps, _ = run_grpo(spec, start, grpo_items, val, out)
         shutil.rmtree(start)
     else:
         steps = pd.DataFrame(columns=["step", "split"])

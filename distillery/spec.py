@@ -121,6 +121,10 @@ class GRPOSpec(_Strict):
     use_lora: bool = Field(False)
     eval_interval: int = Field(2, ge=1, description="Evaluate on the validation split every N steps.")
     patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement.")
+    shared_prompt: bool = Field(True, description="Forward each prompt once per group (P + G*C tokens instead "
+                                "of G*(P+C)); the same loss and gradients as TRL's path.")
+    heldout_from_sft: float = Field(0.0, ge=0, lt=1, description="Share of the seed train split kept out of "
+                                    "the SFT warm start for GRPO alone, so GRPO's rewards stay informative.")
 
 
 class TeacherSpec(_Strict):
