@@ -14,7 +14,7 @@ import pandas as pd
 
 from distillery import lake
 from distillery.graders import build_grader
-from distillery.prompts import Answer, parse_answer, render_prompt
+from distillery.prompts import Answer
 from distillery.spec import ClassificationOutput, TaskSpec
 
 COVERAGES = (0.5, 0.8, 1.0)  # shares of items, most confident first, for accuracy at coverage
@@ -58,16 +58,6 @@ def summarize(rows: pd.DataFrame) -> dict:
         return {"n": 0, "mean_reward": 0.0, "top1": 0.0, "parse_rate": 0.0}
     return {"n": int(len(rows)), "mean_reward": float(rows["score"].fillna(0).mean()),
             "top1": float(rows["top1"].mean()), "parse_rate": float((rows["parse_status"] != "failed").mean())}
-
-
-def evaluate_generative(spec: TaskSpec, backend, items: list[dict], *, reasoning: bool, max_new_tokens: int) -> tuple[pd.DataFrame, dict]:
-    """Greedy answers from a generating model, graded against the items' gold answers."""
-    prompts = [render_prompt(it["text"], spec, backend.tokenizer, reasoning=reasoning) for it in items]
-    gens = backend.generate(prompts, max_new_tokens=max_new_tokens)
-    answers = [parse_answer(g[0].text, spec, prefilled=not reasoning) for g in gens]
-    extra = [{"raw_output": g[0].text, "confidence": g[0].confidence} for g in gens]
-    rows = grade_items(spec, items, answers, extra)
-    return rows, summarize(rows)
 
 
 def calibration(confidence: Iterable[float], correct: Iterable[Any], bins: int = 10) -> dict:

@@ -89,14 +89,16 @@ def load_tokenizer(name: str):
 
 
 def shallow_copy(source: str | Path, out_dir: str | Path, layers: int) -> Path:
-    """A student initialized from `layers` of the source's decoder layers, evenly spaced, first and
-    last included (DistilBERT-style), with the source's embeddings, final norm and tokenizer."""
+    """A student initialized from `layers` of the source's decoder layers (all of them if it has no
+    more), evenly spaced, first and last included (DistilBERT-style), with the source's
+    embeddings, final norm and tokenizer."""
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = load_model(str(source), for_training=True)
     blocks = model.model.layers
-    if not 0 < layers <= len(blocks):
-        raise ValueError(f"a student of {layers} layers from a model of {len(blocks)}")
+    if layers < 1:
+        raise ValueError(f"a student needs at least one layer, not {layers}")
+    layers = min(layers, len(blocks))
     keep = sorted({round(i * (len(blocks) - 1) / max(layers - 1, 1)) for i in range(layers)})
     config = model.config
     config.num_hidden_layers = len(keep)

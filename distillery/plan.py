@@ -74,10 +74,10 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
                               "latest teacher run (SFT warm start)"))
     lines.append(Line("teacher: SFT warm start", sft_steps, "steps", rate, source))
     grpo = bench["grpo_step"]
-    rate, source = rate_from((1 / grpo["ours_s_per_step"] if grpo.get("ours_s_per_step") else None,
-                              "data/bench/grpo_step.json (forward+backward only)"),
-                             (1 / bench["rft"]["seconds_per_step"] if bench["rft"].get("seconds_per_step") else None,
-                              "data/bench/rft.json"))
+    rate, source = rate_from((1 / bench["rft"]["seconds_per_step"] if bench["rft"].get("seconds_per_step") else None,
+                              "data/bench/rft.json (whole steps: generation, loss, validation)"),
+                             (1 / grpo["ours_s_per_step"] if grpo.get("ours_s_per_step") else None,
+                              "data/bench/grpo_step.json (forward+backward only: a lower bound)"))
     lines.append(Line("teacher: GRPO", spec.teacher.grpo.steps, "steps", rate, source))
 
     label_docs = spec.label.limit

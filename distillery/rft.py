@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from distillery import lake
-from distillery.evaluate import evaluate_generative, seed_items
+from distillery.evaluate import seed_items, summarize
 from distillery.graders import build_grader
 from distillery.inference import TransformersBackend, vllm_available
 from distillery.models import device, load_model, load_tokenizer
@@ -38,6 +38,16 @@ def reward_function(spec: TaskSpec, *, prefilled: bool):
     return reward
 
 
+def evaluate_labeling(spec: TaskSpec, backend, items: list[dict]) -> tuple[pd.DataFrame, dict]:
+    """Graded rows and metrics of a model answering as the labeling stage makes it answer (the label
+    set scored under the schema, or generation and the one parser), so that selection, the reported
+    accuracy and the student's promotion gate all measure the teacher as it is used."""
+    from distillery.label import evaluate_labels
+
+    rows = evaluate_labels(spec, backend, items, model_id="")
+    return rows, summarize(rows)
+
+
 def _eval_callback(spec: TaskSpec, items: list[dict], out: Path, history: list[dict]):
     from transformers import TrainerCallback
 
@@ -52,8 +62,7 @@ def _eval_callback(spec: TaskSpec, items: list[dict], out: Path, history: list[d
         def evaluate(self, model, step: int):
             model.eval()
             backend = TransformersBackend("", model=model, tokenizer=self.tokenizer, batch_size=8)
-            _, metrics = evaluate_generative(spec, backend, items, reasoning=spec.teacher.reasoning,
-                                             max_new_tokens=cfg.max_completion_length)
+            _, metrics = evaluate_labeling(spec, backend, items)
             model.train()
             history.append({"step": step, "split": "validation", **metrics})
             if metrics["mean_reward"] > self.best:
@@ -151,11 +160,8 @@ def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, ru
     train = seed_items(spec, seeds, documents, "train")
     val = seed_items(spec, seeds, documents, "validation", cap) or train[:cap]
     heldout = seed_items(spec, seeds, documents, "heldout", cap)
-    reasoning, budget = spec.teacher.reasoning, spec.teacher.grpo.max_completion_length
-
     evals, metrics = [], {}
-    base_rows, metrics["base"] = evaluate_generative(spec, TransformersBackend(base), heldout,
-                                                     reasoning=reasoning, max_new_tokens=budget)
+    base_rows, metrics["base"] = evaluate_labeling(spec, TransformersBackend(base), heldout)
     evals.append(base_rows.assign(model="base"))
 
     start = out / "start"
@@ -169,8 +175,7 @@ def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, ru
         steps = pd.DataFrame(columns=["step", "split"])
         shutil.rmtree(out / "best", ignore_errors=True)
         start.rename(out / "best")
-    teacher_rows, metrics["teacher"] = evaluate_generative(spec, TransformersBackend(str(out / "best")), heldout,
-                                                           reasoning=reasoning, max_new_tokens=budget)
+    teacher_rows, metrics["teacher"] = evaluate_labeling(spec, TransformersBackend(str(out / "best")), heldout)
     evals.append(teacher_rows.assign(model="teacher"))
     rows = pd.concat(evals, ignore_index=True)
     rows["task"], rows["run_id"], rows["stage"] = spec.name, run_id, "teacher"

@@ -21,7 +21,7 @@ TINY = {
     "teacher": {"sft": {"max_steps": 2, "batch_size": 4}, "eval_max_items": 6,
                 "grpo": {"steps": 2, "num_generations": 2, "max_completion_length": 6, "eval_interval": 1, "patience": 5}},
     "label": {"limit": 12, "batch_size": 4, "max_new_tokens": 6, "shard_size": 5},
-    "student": {"sft": {"max_steps": 2, "batch_size": 4}, "batch_size": 4, "gate": 0.0},
+    "student": {"sft": {"max_steps": 2, "batch_size": 4}, "batch_size": 4, "gate": 0.0, "layers": 1},
     "ingest": {"workers": 1},
 }
 

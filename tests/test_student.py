@@ -30,8 +30,9 @@ def test_a_shallow_student_keeps_the_chosen_layers_weights(teacher, tmp_path):
     assert torch.equal(small.model.layers[1].self_attn.q_proj.weight, big.model.layers[3].self_attn.q_proj.weight)
     assert torch.equal(small.model.embed_tokens.weight, big.model.embed_tokens.weight)
     assert torch.equal(small.model.norm.weight, big.model.norm.weight)
+    assert load_model(str(shallow_copy(teacher, tmp_path / "t", 9)))[0].config.num_hidden_layers == 4  # all it has
     with pytest.raises(ValueError):
-        shallow_copy(teacher, tmp_path / "t", 5)
+        shallow_copy(teacher, tmp_path / "u", 0)
 
 
 def test_first_token_scores_equal_full_scores_on_the_first_token(teacher, clinical_spec):
