@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 RUN := $(PY) -m flows.distill $(SPEC) --profile $(PROFILE) --until
 
-.PHONY: setup deps model demo-data demo seed teacher label student bulk inbox test lock clean server deploy worker stop
+.PHONY: setup deps model demo-data demo seed teacher label student bulk inbox report test lock clean server deploy worker stop
 
 setup: deps model demo-data ## venv, pinned dependencies, base model, demo corpus
 
@@ -43,8 +43,8 @@ label: ; $(RUN) label
 student: ; $(RUN) student
 bulk: ; $(RUN) bulk
 
-inbox: ## label new PDFs in SOURCE (default: the spec's bulk.source) with the promoted student
-	$(PY) -m flows.bulk $(SPEC) --profile $(PROFILE) $(if $(SOURCE),--source $(SOURCE))
+inbox: ## label new PDFs in SOURCE (folder, glob or fsspec URL; default: the spec's bulk.source) with the promoted student; ENGINE=ray for Ray
+	$(PY) -m flows.bulk $(SPEC) --profile $(PROFILE) $(if $(SOURCE),--source $(SOURCE)) $(if $(ENGINE),--engine $(ENGINE))
 
 # A local Prefect server (SQLite under data/prefect, loopback only), deployments and a process worker.
 # Server and worker run in the background; logs and pid files in data/prefect/.
@@ -75,6 +75,9 @@ worker: ## a process worker for the `distillery` pool, in the background (log: d
 stop: ## stop the worker and the server started by `make worker` / `make server`
 	-@for name in worker server; do f=$(RUNDIR)/distillery-$$name.pid; \
 		if [ -f $$f ]; then kill $$(cat $$f) 2>/dev/null && echo "stopped $$name"; rm -f $$f; fi; done
+
+report: ## rebuild the HTML report of the latest run from the catalog -> data/reports/<run>/index.html
+	$(PY) -m distillery.report $(SPEC) --profile $(PROFILE)
 
 test: ## the test suite (tiny random models; needs `make setup` first)
 	$(PY) -m pytest tests
@@ -111,3 +114,7 @@ bench-rft: ## base vs SFT vs SFT+GRPO vs random-reward GRPO on 300 fresh documen
 .PHONY: bench-grpo-step
 bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the demo sizes -> data/bench/grpo_step.json
 	$(PY) -m distillery.bench grpo_step --spec $(SPEC) --profile $(PROFILE)
+
+.PHONY: bench-bulk
+bench-bulk: ## bulk labeling at scale: end-to-end vs extraction-only vs inference-only, overlap, MFU -> data/bench/bulk.json
+	$(PY) -m distillery.bench bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000)

@@ -354,9 +354,17 @@ def grpo_step(spec_path: str, profile: str = "demo") -> dict:
     return {**result, "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
+def bulk(spec_path: str, profile: str = "demo", docs: int = 5000) -> dict:
+    """Bulk labeling at scale: end-to-end vs extraction-only vs inference-only, overlap and MFU
+    (see distillery/bench_bulk.py; the corpus is generated once into data/bench/bulk-corpus)."""
+    from distillery import bench_bulk
+
+    return bench_bulk.run(spec_path, profile, docs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name", choices=["robustness", "adversarial", "label", "student", "rft", "grpo_step"])
+    ap.add_argument("name", choices=["robustness", "adversarial", "label", "student", "rft", "grpo_step", "bulk"])
     ap.add_argument("--corpus", default=str(DEFAULT_HOSTILE), help="robustness: the hostile PDF corpus folder")
     ap.add_argument("--spec", default="data/demo/clinical.yaml", help="adversarial: the task spec")
     ap.add_argument("--profile", default="demo")
@@ -374,6 +382,8 @@ def main() -> None:
         result = student(args.spec, args.profile)
     elif args.name == "grpo_step":
         result = grpo_step(args.spec, args.profile)
+    elif args.name == "bulk":
+        result = bulk(args.spec, args.profile, args.docs)
     else:
         result = rft(args.spec, args.profile, grpo_steps=args.grpo_steps)
     path = lake.write_json(result, Path(args.out) / f"{args.name}.json")

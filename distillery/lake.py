@@ -4,7 +4,8 @@ Layout: `<home>/lake/<task>/<stage>/<key>/*.parquet`, where `key` is the stage's
 (config + input hashes), so a stage's output path is known before it runs and a finished stage is
 recognised by its `_SUCCESS` manifest. Files are written to a temporary name and renamed (atomic
 on POSIX). The catalog (`<home>/catalog.duckdb`) holds a `runs` table, an `artifacts` table and one
-view per artifact name (`documents`, `quarantine`, ...) over the current files of every task.
+view per artifact name (`documents`, `quarantine`, ...) over the current files of every task, and
+`bulk_runs`: one summary row per bulk run.
 Catalog writes take a file lock: DuckDB allows one writing process.
 """
 
@@ -41,6 +42,16 @@ MIGRATIONS = [
         rows BIGINT, created_at TIMESTAMPTZ, PRIMARY KEY (task, name, stage))""",
     """CREATE TABLE models (task VARCHAR, role VARCHAR, path VARCHAR, cache_key VARCHAR, metrics JSON,
         promoted BOOLEAN, created_at TIMESTAMPTZ)""",
+    # One row per bulk run: its summary, out of `runs` (counts and metrics are JSON there).
+    """CREATE VIEW bulk_runs AS SELECT run_id, task, cache_key, status, started_at, finished_at,
+        CAST(metrics->>'$.seconds' AS DOUBLE) AS seconds, metrics->>'$.engine' AS engine,
+        CAST(counts->>'$.seen' AS BIGINT) AS seen, CAST(counts->>'$.skipped' AS BIGINT) AS skipped,
+        CAST(counts->>'$.labeled' AS BIGINT) AS labeled, CAST(counts->>'$.quarantined' AS BIGINT) AS quarantined,
+        metrics->'$.quarantine_by_reason' AS quarantine_by_reason,
+        CAST(metrics->>'$.docs_per_s' AS DOUBLE) AS docs_per_s,
+        CAST(metrics->>'$.labeled_per_s' AS DOUBLE) AS labeled_per_s,
+        metrics->>'$.source' AS source, metrics->>'$.model' AS model
+        FROM runs WHERE stage = 'bulk'""",
 ]
 
 

@@ -146,7 +146,7 @@ class StudentSpec(_Strict):
     sft: SFTSpec = Field(default_factory=SFTSpec)
     min_confidence: float = Field(0.0, ge=0, le=1, description="Teacher labels below this are not trained on.")
     batch_size: int = Field(16, ge=1, description="Documents per inference batch.")
-    layers: int | None = Field(None, ge=1, description="Initialize the student from this many of the model's "
+    layers: int | None = Field(None, ge=1, description="Initialize the student from (at most) this many of the model's "
                                "decoder layers (evenly spaced); None keeps them all.")
     first_token: bool = Field(True, description="Score each label by its first token alone when the labels' "
                               "first tokens differ (one forward pass per document, no pass over label tokens).")
@@ -158,6 +158,10 @@ class BulkSpec(_Strict):
     source: str = Field(description="Directory, glob or fsspec URL of the PDFs to label.")
     batch_size: int = Field(16, ge=1)
     shard_size: int = Field(256, ge=1)
+    engine: Literal["local", "ray"] = Field("local", description="local: extraction processes + inference here; "
+                                            "ray: both on a Ray cluster (RAY_ADDRESS, else a local Ray), results "
+                                            "committed here through the same manifest.")
+    ray_labelers: int = Field(1, ge=1, description="ray: student replicas (actors), one GPU each where the cluster has GPUs.")
 
 
 class TaskSpec(_Strict):

@@ -24,7 +24,7 @@ from distillery.errors import TransientError
 from distillery.spec import TaskSpec
 
 # Bump a stage's version when its code changes what it produces.
-VERSIONS = {"ingest": 1, "seed": 1, "teacher": 1, "label": 2, "student": 2, "bulk": 2}
+VERSIONS = {"ingest": 1, "seed": 1, "teacher": 2, "label": 2, "student": 2, "bulk": 2}
 SECTIONS = {"ingest": ("source", "ingest"), "seed": ("seeds", "output"),
             "teacher": ("output", "prompts", "grader", "models", "teacher", "seed"),
             "label": ("output", "prompts", "label", "teacher"), "student": ("output", "prompts", "models", "student", "seed"),
@@ -145,7 +145,7 @@ def stage_task(stage: str, spec: TaskSpec, upstream: list[lake.StageResult], key
 
 def _bulk_key(spec: TaskSpec, student: lake.StageResult) -> str:
     """Student + bulk settings + the source's listing (names, sizes, mtimes: cheap on millions of files)."""
-    listing = ingest.source_listing_hash(spec.path(spec.bulk.source))
+    listing = ingest.source_listing_hash(ingest.resolve_source(spec, spec.bulk.source))
     return lake.hash_json(["bulk", VERSIONS["bulk"], spec.section_hash(*SECTIONS["bulk"]), student.key, listing])
 
 
@@ -188,11 +188,12 @@ def bulk_task(spec: TaskSpec, student: lake.StageResult, key: str, relabel: bool
 
 
 @task(task_run_name="bulk-inbox", **RETRY)
-def label_inbox(spec: TaskSpec, student: str, source: str | None = None, relabel: bool = False) -> lake.StageResult:
+def label_inbox(spec: TaskSpec, student: str, source: str | None = None, relabel: bool = False,
+                engine: str | None = None) -> lake.StageResult:
     """The scheduled bulk run: never cached, since skipping what is done is bulk labeling's own job."""
     out = lake.home() / "lake" / spec.name / "bulk"
     started = lake.now()
-    result = bulk.bulk_label(spec, Path(student), out=out, source=source, relabel=relabel)
+    result = bulk.bulk_label(spec, Path(student), out=out, source=source, relabel=relabel, engine=engine)
     _register_bulk(spec, result, out, result.metrics["model"], {"student": student, "source": source or ""}, started)
     return result
 

@@ -140,3 +140,134 @@ def test_prompt_injected_pdfs_never_yield_a_label_outside_the_schema(clinical_sp
     for r in rows:
         assert r["label"] in clinical_spec.output.labels
         assert set(json.loads(r["ranked"])) <= set(clinical_spec.output.labels)
+
+
+# ---- sources, incremental runs, quarantine reasons, the Ray engine --------------------------------
+
+def _by_hash(out: Path) -> dict[str, tuple[str, list[float]]]:
+    rows = [r for f in bulk.committed(out, "labels") for r in lake.read_table(f).to_pylist()]
+    return {r["sha256"]: (r["label"], json.loads(r["probs"])) for r in rows}
+
+
+def _same_labels(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for h in a:
+        assert a[h][0] == b[h][0]
+        assert max(abs(x - y) for x, y in zip(a[h][1], b[h][1])) < 1e-4
+
+
+def test_an_fsspec_memory_source_labels_like_the_local_folder(clinical_spec, inbox, student, tmp_path):
+    import uuid
+
+    import fsspec
+
+    spec = _spec(clinical_spec, inbox)
+    bulk.bulk_label(spec, student, out=tmp_path / "local", progress=False)
+    fs = fsspec.filesystem("memory")
+    root = f"/inbox-{uuid.uuid4().hex[:8]}"
+    for f in sorted(inbox.iterdir()):
+        fs.pipe(f"{root}/{'sub/' if f.name < 'case-00015' else ''}{f.name}", f.read_bytes())
+    try:
+        result = bulk.bulk_label(spec, student, out=tmp_path / "memory", source=f"memory://{root}", progress=False)
+    finally:
+        fs.rm(root, recursive=True)
+    assert result.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3}
+    assert all(p.startswith("memory://") for p in (r["path"] for f in bulk.committed(tmp_path / "memory", "labels")
+                                                   for r in lake.read_table(f).to_pylist()))
+    _same_labels(_by_hash(tmp_path / "local"), _by_hash(tmp_path / "memory"))
+    assert sorted(_quarantined(tmp_path / "memory").values()) == sorted(_quarantined(tmp_path / "local").values())
+
+
+def test_a_file_url_source_is_the_local_folder(clinical_spec, inbox, student, tmp_path):
+    spec = _spec(clinical_spec, inbox)
+    url = bulk.bulk_label(spec, student, out=tmp_path / "url", source=f"file://{inbox}", progress=False)
+    assert url.counts["labeled"] == 27
+    again = bulk.bulk_label(spec, student, out=tmp_path / "url", progress=False)  # same files, as a path
+    assert again.counts == {"seen": 30, "skipped": 30, "labeled": 0, "quarantined": 0}
+
+
+def test_a_hundred_new_pdfs_in_a_labeled_inbox_are_the_only_ones_labeled(clinical_spec, inbox, student, tmp_path):
+    out = tmp_path / "bulk"
+    spec = _spec(clinical_spec, inbox, shard_size=32)
+    bulk.bulk_label(spec, student, out=out, progress=False)
+    before = set(_labeled(out))
+    new = {}
+    for i in range(1000, 1100):
+        data = synth.case_pdf(synth.make_case(i), i)
+        (inbox / f"new-{i}.pdf").write_bytes(data)
+        new[i] = data
+    again = bulk.bulk_label(spec, student, out=out, progress=False)
+    assert again.counts == {"seen": 130, "skipped": 30, "labeled": 100, "quarantined": 0}
+    added = set(_labeled(out)) - before
+    assert len(added) == 100 and len(_labeled(out)) == len(set(_labeled(out))) == 127
+    import hashlib
+    assert added == {hashlib.sha256(d).hexdigest() for d in new.values()}
+
+
+def test_every_quarantine_reason_is_recorded_and_summarized(clinical_spec, student, tmp_path):
+    import os as _os
+
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    good = synth.case_pdf(synth.make_case(0), 0)
+    (folder / "good.pdf").write_bytes(good)
+    (folder / "corrupt.pdf").write_bytes(synth.corrupt_bytes(1))
+    (folder / "encrypted.pdf").write_bytes(synth.encrypted_pdf(synth.case_pdf(synth.make_case(2), 2)))
+    (folder / "empty.pdf").write_bytes(synth.zero_page_pdf())
+    (folder / "image_only.pdf").write_bytes(synth.image_only_pdf(synth.case_pdf(synth.make_case(3), 3)))
+    (folder / "not_pdf.pdf").write_bytes(b"just some text, no PDF in sight\n" * 20)
+    (folder / "oversize.pdf").write_bytes(good + b"%" + b"0" * 200_000)
+    _os.mkfifo(folder / "timeout.pdf")  # reading it blocks forever
+    spec = _spec(clinical_spec, folder)
+    spec = spec.model_copy(update={"ingest": spec.ingest.model_copy(update={"timeout_s": 3.0, "max_file_mb": 0.1})})
+    out = tmp_path / "bulk"
+    result = bulk.bulk_label(spec, student, out=out, progress=False)
+    reasons = ["corrupt", "empty", "encrypted", "image_only", "not_pdf", "oversize", "timeout"]
+    assert {name.removesuffix(".pdf"): reason for name, reason in _quarantined(out).items()} == {r: r for r in reasons}
+    assert result.counts == {"seen": 8, "skipped": 0, "labeled": 1, "quarantined": 7}
+    assert result.metrics["quarantine_by_reason"] == {r: 1 for r in reasons}
+    assert result.metrics["engine"] == "local" and result.metrics["docs_per_s"] > 0
+
+
+def test_the_run_summary_lands_in_the_bulk_runs_view(clinical_spec, inbox, student, tmp_path, distillery_home):
+    out = tmp_path / "bulk"
+    result = bulk.bulk_label(_spec(clinical_spec, inbox), student, out=out, progress=False)
+    lake.register(distillery_home, "clinical", result, cache_key="k", config_hash="c", inputs={},
+                  started_at=lake.now(), views={"bulk_labels": [str(f) for f in bulk.committed(out, "labels")]})
+    with lake.catalog(distillery_home, read_only=True) as con:
+        row = con.execute("SELECT seen, skipped, labeled, quarantined, engine, docs_per_s, quarantine_by_reason "
+                          "FROM bulk_runs WHERE run_id = ?", [result.run_id]).fetchone()
+    assert row[:5] == (30, 0, 27, 3, "local") and row[5] > 0
+    assert json.loads(row[6]) == {"corrupt": 1, "empty": 1, "encrypted": 1}
+
+
+def test_the_progress_bar_knows_the_total_of_a_small_local_source(inbox):
+    from distillery import ingest
+
+    assert ingest.count_pdfs(inbox, bulk.COUNT_LIMIT) == 30
+    assert ingest.count_pdfs(inbox, 10) is None  # too many to count first: docs/s without an ETA
+    assert ingest.count_pdfs("memory://nowhere", 10) is None
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray", reason="the ray engine needs `pip install 'ray[data]'`")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_the_ray_engine_labels_like_the_local_engine(clinical_spec, inbox, student, tmp_path, local_ray):
+    spec = _spec(clinical_spec, inbox)
+    local = bulk.bulk_label(spec, student, out=tmp_path / "local", progress=False)
+    ray_spec = spec.model_copy(update={"bulk": spec.bulk.model_copy(update={"engine": "ray"})})
+    on_ray = bulk.bulk_label(ray_spec, student, out=tmp_path / "ray", progress=False)
+    assert on_ray.counts == local.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3}
+    assert on_ray.metrics["engine"] == "ray"
+    _same_labels(_by_hash(tmp_path / "local"), _by_hash(tmp_path / "ray"))
+    assert _quarantined(tmp_path / "ray") == _quarantined(tmp_path / "local")
+    for i in range(200, 210):  # incremental on Ray too: only the new files are labeled
+        (inbox / f"new-{i}.pdf").write_bytes(synth.case_pdf(synth.make_case(i), i))
+    again = bulk.bulk_label(ray_spec, student, out=tmp_path / "ray", progress=False)
+    assert again.counts == {"seen": 40, "skipped": 30, "labeled": 10, "quarantined": 0}
+    assert len(_labeled(tmp_path / "ray")) == len(set(_labeled(tmp_path / "ray"))) == 37

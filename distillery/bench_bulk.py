@@ -1,0 +1,177 @@
+"""`make bench-bulk`: the bulk stage at scale, one run -> data/bench/bulk.json.
+
+Arms, on the same generated PDFs (`data/bench/bulk-corpus`, generated once and reused):
+- bare_pymupdf: open + `page.get_text()` per page, in a plain process pool of the same size;
+- extraction_only: the bulk stage's extraction (`pdf.extract_many`: hash, header checks, verdicts,
+  per-file timeout) with its window and worker count, nothing else;
+- inference_only: the student scoring the extracted texts in the bulk stage's batches;
+- end_to_end: `bulk.bulk_label` into a fresh output folder (listing, extraction, scoring, shards).
+
+overlap_efficiency = end-to-end / min(inference-only, extraction-only): 1.0 means the pipeline runs
+at the speed of its slower half. Model FLOPs are counted from the tokens the scoring actually runs
+(the batch's shared prefix once, then each document's own tokens; padding not counted): 2 x
+non-embedding parameters per token, attention (4 x layers x heads x head_dim x context per token)
+and the LM head on the one position kept per row. mfu = those FLOP/s in the inference-only arm over
+a fp32 matmul peak measured in the same run with the same threads.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from distillery import lake, pdf, synth
+
+CORPUS = Path("data/bench/bulk-corpus")
+
+
+def make_corpus(folder: Path, docs: int) -> list[str]:
+    """`docs` demo case reports as PDFs, generated once (files already there are reused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(docs):
+        path = folder / f"case-{i:06d}.pdf"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(synth.case_pdf(synth.make_case(i), i))
+            tmp.rename(path)
+        paths.append(str(path))
+    return paths
+
+
+def _bare_text(path: str) -> int:
+    import pymupdf
+
+    with pymupdf.open(path) as doc:
+        return sum(len(page.get_text()) for page in doc)
+
+
+def bare_pymupdf(paths: list[str], workers: int) -> float:
+    import multiprocessing
+
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for _ in pool.imap_unordered(_bare_text, paths, chunksize=8):
+            pass
+    return time.perf_counter() - started
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def scoring_flops(spec, backend, texts: list[str]) -> tuple[float, int]:
+    """(model FLOPs, tokens) of scoring `texts` as one `score_answers` call does."""
+    from distillery.inference import _common_prefix
+    from distillery.prompts import render_prompt
+
+    model, tok = backend.model, backend.tokenizer
+    cfg = model.config
+    dense = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and p.dim() > 1)
+    layers, heads = cfg.num_hidden_layers, cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    attn = 4 * layers * heads * head_dim  # per token per position of context: QK^T and AV
+    head = 2 * cfg.hidden_size * cfg.vocab_size  # the LM head, on the one position kept per forward row
+    ids = [tok(render_prompt(t, spec, tok), add_special_tokens=False)["input_ids"] for t in texts]
+    shared = _common_prefix(ids) if len(ids) > 1 else 0
+    flops, tokens = 0.0, 0
+    if shared:
+        flops += 2 * dense * shared + attn * shared * (shared + 1) / 2 + head
+        tokens += shared
+    for x in ids:
+        own = len(x) - shared
+        flops += 2 * dense * own + attn * sum(range(shared + 1, len(x) + 1)) + head
+        tokens += own
+    return flops, tokens
+
+
+def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path = CORPUS,
+        workers: int | None = None) -> dict:
+    import torch
+
+    from distillery import bulk
+    from distillery.inference import TransformersBackend
+    from distillery.sft import score_answers
+    from distillery.spec import load_spec
+
+    wall = time.perf_counter()
+    load = os.getloadavg()
+    spec = load_spec(spec_path, profile=profile)
+    student = lake.current_model(lake.home(), spec.name) or str(spec.path(spec.models.base))
+    workers = workers or spec.ingest.workers
+    batch = spec.bulk.batch_size if spec.bulk else 16
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    paths = make_corpus(corpus, docs)
+    corpus_s = time.perf_counter() - started
+
+    bare_s = bare_pymupdf(paths, workers)
+
+    window = max(64, 4 * batch, 8 * workers)
+    started = time.perf_counter()
+    extracted = list(pdf.extract_many(paths, workers=workers, timeout_s=spec.ingest.timeout_s,
+                                      max_bytes=int(spec.ingest.max_file_mb * 2**20), min_chars=spec.ingest.min_chars,
+                                      window=window, ordered=False))
+    extraction_s = time.perf_counter() - started
+    texts = [r.text for r in sorted(extracted, key=lambda r: r.path) if r.verdict == "ok"]
+
+    peak = matmul_peak_gflops()
+    backend = TransformersBackend(student, batch_size=batch)
+    score_answers(spec, backend, texts[:batch], student=True)  # warm-up
+    flops, tokens = 0.0, 0
+    for start in range(0, len(texts), batch):
+        f, t = scoring_flops(spec, backend, texts[start:start + batch])
+        flops, tokens = flops + f, tokens + t
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch):
+        score_answers(spec, backend, texts[start:start + batch], student=True)
+    inference_s = time.perf_counter() - started
+    params_m = sum(p.numel() for p in backend.model.parameters()) / 1e6
+    del backend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "source"
+        source.mkdir()
+        for p in paths:
+            (source / Path(p).name).symlink_to(Path(p).resolve())
+        e2e_spec = spec.model_copy(update={"bulk": spec.bulk.model_copy(update={"source": str(source)}),
+                                           "ingest": spec.ingest.model_copy(update={"workers": workers})})
+        result = bulk.bulk_label(e2e_spec, Path(student), out=Path(tmp) / "out", progress=False)
+    end_to_end_s = result.seconds
+
+    n = len(paths)
+    rates = {"end_to_end_docs_per_s": n / end_to_end_s, "inference_only_docs_per_s": len(texts) / inference_s,
+             "extraction_only_docs_per_s": n / extraction_s, "bare_pymupdf_docs_per_s": n / bare_s}
+    slower = min(rates["inference_only_docs_per_s"], rates["extraction_only_docs_per_s"])
+    achieved = flops / inference_s / 1e9
+    return {
+        "docs": n, **rates,
+        "overlap_efficiency": rates["end_to_end_docs_per_s"] / slower,
+        "matmul_peak_gflops": peak, "model_gflops": achieved, "mfu": achieved / peak,
+        "mfu_end_to_end": flops / end_to_end_s / 1e9 / peak,
+        "extraction_vs_bare": rates["extraction_only_docs_per_s"] / rates["bare_pymupdf_docs_per_s"],
+        "model_gflop_per_doc": flops / len(texts) / 1e9, "tokens_per_doc": tokens / len(texts),
+        "targets": {"overlap_efficiency>=0.85": rates["end_to_end_docs_per_s"] / slower >= 0.85,
+                    "mfu>=0.40": achieved / peak >= 0.40,
+                    "extraction>=0.8x_bare": rates["extraction_only_docs_per_s"] >= 0.8 * rates["bare_pymupdf_docs_per_s"]},
+        "counts": result.counts, "seconds": {"corpus": corpus_s, "bare_pymupdf": bare_s, "extraction_only": extraction_s,
+                                             "inference_only": inference_s, "end_to_end": end_to_end_s,
+                                             "wall": time.perf_counter() - wall},
+        "student": student, "batch_size": batch, "workers": workers, "window": window, "engine": "local",
+        "params_m": params_m,
+        "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "loadavg_at_start": load, "corpus": str(corpus),
+    }
+
