@@ -493,8 +493,8 @@ def _calibration_sets(spec: TaskSpec, run: _Run) -> list[tuple[str, list[float],
     if te is not None and "confidence" in te:
         t = te[te["model"] == "teacher"]
         if len(t):
-            out.append(("teacher (generation)", list(t["confidence"]), list(t["top1"]),
-                        "probability of the tokens of the first answer item, greedy generation"))
+            out.append(("teacher (held-out eval)", list(t["confidence"]), list(t["top1"]),
+                        "the teacher stage's own held-out evaluation, answering as the labeling stage does"))
     se = run.table("student", "student_eval")
     if se is not None and len(se) and "probs" in se:
         conf = [max(json.loads(p)) if isinstance(p, str) and p.startswith("[") else 0.0 for p in se["probs"]]
@@ -547,7 +547,7 @@ def section_calibration(spec: TaskSpec, run: _Run) -> Raw:
     constrained = isinstance(spec.output, ClassificationOutput) and not spec.teacher.reasoning
     if run.get("label") and (run.table("label", "label_eval") is None) and constrained:
         parts.append(note("The machine labels' confidence is the top label's probability over the label set; the "
-                          "teacher's held-out rows carry the generation probability instead, so their ECE is a proxy. "
+                          "runs older than the label_eval output carry another confidence, so their ECE is a proxy. "
                           "A label stage that writes label_eval measures the labels' own confidence."))
     if labels is None:
         parts.append(not_run("label stage (no machine labels)"))
