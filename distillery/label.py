@@ -123,7 +123,7 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
 def evaluate_labels(spec: TaskSpec, backend, items: list[dict], *, model_id: str):
     """Label expert-labeled items exactly as machine labels are made, and grade them (one row each)."""
     rows = label_rows(spec, backend, items, model_id=model_id, run_id="") if items else []
-    prefilled = constrained(spec) or not spec.teacher.reasoning
+    prefilled = not spec.teacher.reasoning  # constrained labels are formatted as a prefilled answer too
     answers = [parse_answer(r["raw_output"], spec, prefilled=prefilled) for r in rows]
     return grade_items(spec, items, answers, [{"confidence": r["confidence"]} for r in rows])
 
