@@ -250,14 +250,20 @@ def read_table(paths: str | Path | list) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
-def current_model(root: Path, task: str, role: str = "student") -> str | None:
-    """The latest promoted model of a role for a task, from the catalog (None when there is none)."""
+def promoted_model(root: Path, task: str, role: str = "student") -> tuple[str, str] | None:
+    """(path, cache key) of the latest promoted model of a role for a task (None when there is none)."""
     if not (home(root) / "catalog.duckdb").exists():
         return None
     with catalog(root, read_only=True) as con:
-        row = con.execute("SELECT path FROM models WHERE task = ? AND role = ? AND promoted "
+        row = con.execute("SELECT path, cache_key FROM models WHERE task = ? AND role = ? AND promoted "
                           "ORDER BY created_at DESC LIMIT 1", [task, role]).fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
+
+
+def current_model(root: Path, task: str, role: str = "student") -> str | None:
+    """The latest promoted model's path (None when there is none)."""
+    found = promoted_model(root, task, role)
+    return found[0] if found else None
 
 
 def latest_outputs(root: Path, task: str, stage: str) -> dict[str, str] | None:

@@ -161,11 +161,8 @@ def promoted_student(spec: TaskSpec, latest: lake.StageResult) -> lake.StageResu
     """The student bulk labeling uses: the latest if it passed the gate, else the last one that did."""
     if latest.metrics.get("promotion", {}).get("promoted", True):
         return latest
-    root = lake.home()
-    with lake.catalog(root, read_only=True) as con:
-        row = con.execute("SELECT path, cache_key FROM models WHERE task = ? AND role = 'student' AND promoted "
-                          "ORDER BY created_at DESC LIMIT 1", [spec.name]).fetchone()
-    return lake.StageResult("student", "", {"model": row[0]}, key=row[1]) if row else None
+    found = lake.promoted_model(lake.home(), spec.name)
+    return lake.StageResult("student", "", {"model": found[0]}, key=found[1]) if found else None
 
 
 def run_bulk(spec: TaskSpec, student: lake.StageResult, relabel: bool = False, **call):
