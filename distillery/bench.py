@@ -148,6 +148,7 @@ def label(spec_path: str, docs: int = 64, profile: str = "demo", truth: str = "d
     from distillery.inference import TransformersBackend
     from distillery.label import evaluate_labels, label_rows, pick_documents
     from distillery.prompts import parse_answer, render_prompt
+    from distillery.sft import first_token_scoring
     from distillery.spec import load_spec
 
     spec = load_spec(spec_path, profile=profile)
@@ -169,13 +170,19 @@ def label(spec_path: str, docs: int = 64, profile: str = "demo", truth: str = "d
     def run_ours(n: int = len(sample)):
         return label_rows(spec, backend, sample[:n], model_id="bench", run_id="bench")
 
+    sequence_spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"first_token": False})})
+
+    def run_sequence(n: int = len(sample)):  # every label's full token sequence scored (teacher.first_token: false)
+        return label_rows(sequence_spec, backend, sample[:n], model_id="bench", run_id="bench")
+
     def run_batched_generation():
         return backend.generate(prompts, max_new_tokens=budget)
 
     torch.set_num_threads(os.cpu_count() or 1)
-    run_ours(spec.label.batch_size), run_naive(4)  # warm-up: allocator, kernels
+    run_ours(spec.label.batch_size), run_sequence(spec.label.batch_size), run_naive(4)  # warm-up: allocator, kernels
     timings = {}
-    for name, fn in (("naive", run_naive), ("ours", run_ours), ("batched_generation", run_batched_generation)):
+    for name, fn in (("naive", run_naive), ("ours", run_ours), ("sequence_scoring", run_sequence),
+                     ("batched_generation", run_batched_generation)):
         started = time.perf_counter()
         out = fn()
         timings[name] = (time.perf_counter() - started, out)
@@ -184,6 +191,8 @@ def label(spec_path: str, docs: int = 64, profile: str = "demo", truth: str = "d
     items = known_items(spec, Path(documents), Path(seeds), truth)
     rows = evaluate_labels(spec, backend, items, model_id="bench")
     cal = calibration(rows["confidence"], rows["top1"])
+    sequence_rows = evaluate_labels(sequence_spec, backend, items, model_id="bench")
+    sequence_cal = calibration(sequence_rows["confidence"], sequence_rows["top1"])
     golds = {it["sha256"]: it["answer"] for it in items}
     naive_top1 = [parse_answer(t, spec).top == golds.get(d["sha256"]) for t, d in zip(naive_text, sample)]
     ours_top1 = [json.loads(r["answer"])[0] == golds.get(r["sha256"]) for r in ours_rows]
@@ -192,11 +201,17 @@ def label(spec_path: str, docs: int = 64, profile: str = "demo", truth: str = "d
         "docs": len(sample), "ours_docs_per_s": len(sample) / ours_s, "naive_docs_per_s": len(sample) / naive_s,
         "speedup": naive_s / ours_s,
         "batched_generation_docs_per_s": len(sample) / timings["batched_generation"][0],
+        "scoring": "first token of each label" if first_token_scoring(spec, tok, student=False)
+        else "every label's full token sequence",
+        "sequence_scoring": {"docs_per_s": len(sample) / timings["sequence_scoring"][0],
+                             "top1": float(sequence_rows["top1"].mean()), "ece": sequence_cal["ece"],
+                             "acc_at_coverage": sequence_cal["acc_at_coverage"]},
+        "top1": float(rows["top1"].mean()),
         "ece": cal["ece"], "acc_at_coverage": cal["acc_at_coverage"], "calibration_docs": cal["n"],
         "calibration_bins": cal["bins"],
         "top1_on_timed_docs": {"ours": sum(ours_top1) / len(sample), "naive": sum(naive_top1) / len(sample)},
         "max_new_tokens": budget, "batch_size": spec.label.batch_size, "model": teacher,
-        "confidence": "probability of the top label, all labels scored after the Answer: prefill",
+        "confidence": "probability of the top label, the label set scored after the Answer: prefill",
         "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
     }
 
@@ -225,7 +240,7 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300) -> dict:
 
     from distillery.evaluate import grade_items, summarize
     from distillery.inference import TransformersBackend
-    from distillery.sft import score_answers
+    from distillery.sft import first_token_scoring, score_answers
     from distillery.spec import load_spec
 
     spec = load_spec(spec_path, profile=profile)
@@ -253,8 +268,8 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300) -> dict:
     return {**result, "docs": len(items),
             "accuracy_ratio": student_r["top1"] / teacher_r["top1"] if teacher_r["top1"] else None,
             "speedup": student_r["docs_per_s"] / teacher_r["docs_per_s"],
-            "scoring": {"teacher": "every label's full token sequence", "student": "first token of each label"
-                        if spec.student.first_token else "every label's full token sequence"},
+            "scoring": {role: "first token of each label" if first_token_scoring(spec, backend.tokenizer, student=role == "student")
+                        else "every label's full token sequence" for role in ("teacher", "student")},
             "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 

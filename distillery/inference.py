@@ -95,7 +95,8 @@ class TransformersBackend:
         The token prefix common to every prompt (system message, instruction, label list: whatever
         the template puts before the document) is run once and its keys and values reused by every
         batch, as vLLM's prefix caching does; only the rest of each prompt is computed per document.
-        `first_token` (the student's fast path) scores each label by its first token alone, which
+        `first_token` scores each label by its first token alone (what constrained decoding over the
+        label set gives it: the rest of a label is forced once its first token is chosen), which
         needs no pass over the labels' tokens; it requires labels whose first tokens differ.
         """
         tok = self.tokenizer

@@ -2,8 +2,9 @@
 
 Each document gets its raw output, reasoning, parsed answer, parse status and a confidence.
 Classification without reasoning (the CPU profile) is decoded under the schema, as vLLM's
-structured `choice` would: every label is scored after the `Answer:` prefill in one pass, the
-answer is the labels ranked by probability and the confidence is the top label's probability.
+structured `choice` would: the label set is scored after the `Answer:` prefill in one pass (by
+each label's first token when they differ, `teacher.first_token`; else by every label's token
+sequence), the answer is the labels ranked by probability and the confidence is the top label's.
 Otherwise the teacher generates, and its output goes through the one parser; unparsable output is
 kept and marked `failed`, never dropped (confidence: the first answer item's probability).
 Labels are written in shards as they finish, under `out/shards/`; a rerun after a crash labels

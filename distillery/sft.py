@@ -62,9 +62,16 @@ def answer_examples(spec: TaskSpec, items: list[dict], tokenizer) -> list[dict]:
             for it in items]
 
 
-def first_token_scoring(spec: TaskSpec, tokenizer) -> bool:
-    """Whether the student can score labels by their first token alone (the labels' first tokens differ)."""
-    if not (isinstance(spec.output, ClassificationOutput) and spec.student.first_token):
+def first_token_scoring(spec: TaskSpec, tokenizer, *, student: bool) -> bool:
+    """Whether the student (or the teacher) scores labels by their first token alone.
+
+    Under a schema that allows exactly the label set (vLLM's structured `choice`), once a label's
+    first token is chosen its remaining tokens are forced, so P(label) under constrained decoding is
+    the first token's probability renormalized over the labels' first tokens: one forward pass per
+    document. It needs labels whose first tokens differ; otherwise every label's full sequence is scored.
+    """
+    enabled = spec.student.first_token if student else spec.teacher.first_token
+    if not (isinstance(spec.output, ClassificationOutput) and enabled):
         return False
     firsts = [tokenizer(" " + label, add_special_tokens=False)["input_ids"][0] for label in spec.output.labels]
     return len(set(firsts)) == len(firsts)
@@ -74,15 +81,16 @@ def score_answers(spec: TaskSpec, backend: TransformersBackend, texts: list[str]
                   student: bool = False) -> tuple[list[Answer], list[list[float]]]:
     """Answers under the schema: every label scored in one pass, ranked by probability.
 
-    The teacher scores each label's whole token sequence; the student (`student=True`) its first
-    token when the spec allows and the labels' first tokens differ.
+    Each label is scored by its first token when the spec allows it for this model (`teacher.first_token`,
+    or `student.first_token` with `student=True`) and the labels' first tokens differ; otherwise by its
+    whole token sequence.
     """
     if not isinstance(spec.output, ClassificationOutput):
         raise DistilleryError(f"task {spec.name!r}: the student scores a label set, so it serves classification "
                               "tasks; extraction students (schema-constrained JSON decoding) are not supported yet")
     labels = list(spec.output.labels)
     prompts = [render_prompt(t, spec, backend.tokenizer) for t in texts]
-    probs = backend.score_labels(prompts, labels, first_token=student and first_token_scoring(spec, backend.tokenizer))
+    probs = backend.score_labels(prompts, labels, first_token=first_token_scoring(spec, backend.tokenizer, student=student))
     answers = []
     for row in probs:
         order = row.argsort(descending=True)[: spec.output.top_k].tolist()

@@ -132,6 +132,9 @@ class TeacherSpec(_Strict):
     sft: SFTSpec = Field(default_factory=SFTSpec, description="SFT warm start on the seed train split.")
     grpo: GRPOSpec = Field(default_factory=GRPOSpec)
     eval_max_items: int = Field(64, ge=1, description="Cap on items per evaluation.")
+    first_token: bool = Field(True, description="Without reasoning, score each label by its first token alone "
+                              "when the labels' first tokens differ (the probability constrained decoding gives "
+                              "it: one forward pass per document); false scores every label's full sequence.")
 
 
 class LabelSpec(_Strict):

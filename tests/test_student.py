@@ -51,6 +51,27 @@ def test_first_token_scores_equal_full_scores_on_the_first_token(teacher, clinic
         backend.score_labels(prompts, ["Hypothyroidism", "Hypothermia"], first_token=True)
 
 
+def test_teacher_scoring_follows_the_spec_and_falls_back_when_first_tokens_collide(teacher, clinical_spec):
+    backend = TransformersBackend(str(teacher), batch_size=2)
+    texts = ["fever, cough", "headache", "x y z"]
+    prompts = [render_prompt(t, clinical_spec, backend.tokenizer) for t in texts]
+    labels = list(clinical_spec.output.labels)
+    _, fast = sft.score_answers(clinical_spec, backend, texts)  # teacher.first_token defaults to true
+    assert torch.allclose(torch.tensor(fast), backend.score_labels(prompts, labels, first_token=True), atol=1e-6)
+    full_spec = clinical_spec.model_copy(update={"teacher": clinical_spec.teacher.model_copy(update={"first_token": False})})
+    _, full = sft.score_answers(full_spec, backend, texts)
+    assert torch.allclose(torch.tensor(full), backend.score_labels(prompts, labels), atol=1e-6)
+    assert not torch.allclose(torch.tensor(full), torch.tensor(fast), atol=1e-3)
+    # labels that share a first token cannot be told apart by it: every label's sequence is scored
+    clash = ["Hypothyroidism", "Hypothermia", "Migraine"]
+    clash_spec = clinical_spec.model_copy(update={"output": clinical_spec.output.model_copy(update={"labels": clash})})
+    assert not sft.first_token_scoring(clash_spec, backend.tokenizer, student=False)
+    answers, probs = sft.score_answers(clash_spec, backend, texts, student=True)
+    clash_prompts = [render_prompt(t, clash_spec, backend.tokenizer) for t in texts]
+    assert torch.allclose(torch.tensor(probs), backend.score_labels(clash_prompts, clash), atol=1e-6)
+    assert all(set(a.ranked) <= set(clash) for a in answers)
+
+
 def test_training_examples_put_the_loss_on_the_answer_only(clinical_spec, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
