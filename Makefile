@@ -104,8 +104,8 @@ bench-label: ## labeling stage vs a per-document pipeline loop, and calibration 
 	$(PY) -m distillery.bench label --spec $(SPEC) --profile $(PROFILE)
 
 .PHONY: bench-student
-bench-student: ## base, teacher and student: top-1 and docs/s on the same documents -> data/bench/student.json
-	$(PY) -m distillery.bench student --spec $(SPEC) --profile $(PROFILE)
+bench-student: ## base, teacher and student: top-1 and docs/s on the same documents (LAYERS=2: + a shallow student) -> data/bench/student.json
+	$(PY) -m distillery.bench student --spec $(SPEC) --profile $(PROFILE) $(if $(LAYERS),--layers $(LAYERS) --label-docs $(or $(LABEL_DOCS),1000))
 
 .PHONY: bench-rft
 bench-rft: ## base vs SFT vs SFT+GRPO vs random-reward GRPO on 300 fresh documents -> data/bench/rft.json

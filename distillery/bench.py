@@ -230,11 +230,15 @@ def fresh_items(n: int, start: int = 100_000) -> list[dict]:
             for c, t in zip(cases, texts)]
 
 
-def student(spec_path: str, profile: str = "demo", limit: int = 300) -> dict:
+def student(spec_path: str, profile: str = "demo", limit: int = 300, layers: int | None = None,
+            label_docs: int = 1000, epochs: float = 4.0, learning_rate: float = 1e-3) -> dict:
     """Base, teacher and student on the same fresh documents: top-1 against the truth and docs/s.
 
     The documents are new case reports from the demo generator (numbered past any demo corpus), so
     no model saw them: not the teacher's seeds, not the student's machine labels.
+    With `layers`, one more arm, `shallow_student`: the teacher machine-labels `label_docs` other
+    fresh documents (its labels only, no truth), and a student of that many layers, initialized from
+    the base's layers, is trained on them with TRL SFT, as the student stage does at a larger scale.
     """
     import torch
 
@@ -253,6 +257,11 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300) -> dict:
     arms = {"base": (base, spec.label.batch_size, False), "teacher": (teacher, spec.label.batch_size, False),
             "student": (student_model, spec.student.batch_size, True)}
     result = {}
+    scratch = tempfile.TemporaryDirectory()
+    if layers:
+        shallow, result["shallow_student_training"] = _train_shallow_student(
+            spec, teacher, base, Path(scratch.name), layers, label_docs, epochs, learning_rate)
+        arms["shallow_student"] = (shallow, spec.student.batch_size, True)
     for name, (path, batch, is_student) in arms.items():
         backend = TransformersBackend(path, batch_size=batch)
         score_answers(spec, backend, texts[:batch], student=is_student)  # warm-up
@@ -264,13 +273,44 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300) -> dict:
                         "docs_per_s": len(items) / seconds, "model": path,
                         "layers": backend.model.config.num_hidden_layers,
                         "params_m": sum(p.numel() for p in backend.model.parameters()) / 1e6}
+    scratch.cleanup()
     teacher_r, student_r = result["teacher"], result["student"]
+    if layers:
+        shallow_r = result["shallow_student"]
+        shallow_r["accuracy_ratio"] = shallow_r["top1"] / teacher_r["top1"] if teacher_r["top1"] else None
+        shallow_r["speedup"] = shallow_r["docs_per_s"] / teacher_r["docs_per_s"]
     return {**result, "docs": len(items),
             "accuracy_ratio": student_r["top1"] / teacher_r["top1"] if teacher_r["top1"] else None,
             "speedup": student_r["docs_per_s"] / teacher_r["docs_per_s"],
             "scoring": {role: "first token of each label" if first_token_scoring(spec, backend.tokenizer, student=role == "student")
                         else "every label's full token sequence" for role in ("teacher", "student")},
             "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def _train_shallow_student(spec, teacher: str, base: str, work: Path, layers: int, label_docs: int,
+                           epochs: float, learning_rate: float) -> tuple[str, dict]:
+    """The teacher labels `label_docs` fresh documents; a `layers`-deep student trains on its labels."""
+    from distillery.inference import TransformersBackend
+    from distillery.label import label_rows
+    from distillery.models import load_tokenizer, shallow_copy
+    from distillery.sft import answer_examples, train_sft
+    from distillery.spec import SFTSpec
+
+    pool = fresh_items(label_docs, start=300_000)
+    started = time.perf_counter()
+    rows = label_rows(spec, TransformersBackend(teacher, batch_size=spec.label.batch_size), pool,
+                      model_id="bench", run_id="bench")
+    label_s = time.perf_counter() - started
+    pairs = [(it, json.loads(r["answer"])[0]) for it, r in zip(pool, rows) if r["parse_status"] != "failed"]
+    train = [{"text": it["text"], "answer": answer} for it, answer in pairs]
+    teacher_right = sum(answer == it["answer"] for it, answer in pairs) / max(len(pairs), 1)
+    init = shallow_copy(base, work / "init", layers)
+    cfg = SFTSpec(epochs=epochs, learning_rate=learning_rate, batch_size=spec.student.sft.batch_size)
+    trained = train_sft(str(init), answer_examples(spec, train, load_tokenizer(str(init))), cfg, work / "shallow",
+                        seed=spec.seed)
+    return str(work / "shallow"), {"machine_labels": len(train), "labeling_s": label_s,
+                                   "teacher_label_accuracy": teacher_right, "layers": layers,
+                                   "sft": cfg.model_dump(), "train": trained}
 
 
 def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int | None = None) -> dict:
@@ -384,6 +424,9 @@ def main() -> None:
     ap.add_argument("--spec", default="data/demo/clinical.yaml", help="adversarial: the task spec")
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--docs", type=int, default=64, help="label: documents timed in each arm")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="student: also train a student of this many layers on the teacher's labels of --label-docs")
+    ap.add_argument("--label-docs", type=int, default=1000, help="student: fresh documents the teacher labels")
     ap.add_argument("--grpo-steps", type=int, default=None, help="rft: GRPO steps (default: the spec's)")
     ap.add_argument("--out", default="data/bench")
     args = ap.parse_args()
@@ -394,7 +437,7 @@ def main() -> None:
     elif args.name == "label":
         result = label(args.spec, args.docs, args.profile)
     elif args.name == "student":
-        result = student(args.spec, args.profile)
+        result = student(args.spec, args.profile, layers=args.layers, label_docs=args.label_docs)
     elif args.name == "grpo_step":
         result = grpo_step(args.spec, args.profile)
     elif args.name == "bulk":

@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from distillery import lake
@@ -21,6 +22,29 @@ from distillery.inference import TransformersBackend
 from distillery.models import device, load_tokenizer, shallow_copy
 from distillery.prompts import Answer, format_answer, render_prompt
 from distillery.spec import ClassificationOutput, SFTSpec, TaskSpec
+
+
+@contextmanager
+def answer_positions_only():
+    """Project only the answer positions through the LM head during TRL's SFT loss.
+
+    TRL's fused LM head scores every position on devices without Triton (so that tile shapes stay
+    fixed for compilers such as Neuron's) and zeroes the prompt positions afterwards; on CPU nothing
+    recompiles, and the full-vocabulary head over every prompt position is most of a shallow
+    student's training time. Scoring only the positions the loss keeps gives the same loss and
+    gradients (tests/test_student.py). A no-op where TRL's internals differ.
+    """
+    from trl.trainer import utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def train_sft(model_name: str, examples: list[dict], cfg: SFTSpec, out_dir: Path, *, seed: int = 0,
@@ -42,7 +66,8 @@ def train_sft(model_name: str, examples: list[dict], cfg: SFTSpec, out_dir: Path
         trainer = SFTTrainer(model=model_name, args=args, train_dataset=Dataset.from_list(examples),
                              processing_class=tokenizer)
         started = time.perf_counter()
-        result = trainer.train()
+        with answer_positions_only():
+            result = trainer.train()
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         trainer.save_model(str(tmp))
         tokenizer.padding_side = "left"

@@ -72,6 +72,35 @@ def test_teacher_scoring_follows_the_spec_and_falls_back_when_first_tokens_colli
     assert all(set(a.ranked) <= set(clash) for a in answers)
 
 
+def test_scoring_only_answer_positions_gives_trls_loss_and_gradients(teacher):
+    from trl.trainer.utils import add_fused_lm_head
+
+    model, _ = load_model(str(teacher))
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 20))
+    labels = ids.clone()
+    labels[:, :15] = -100  # the prompt: no loss
+    labels[1, 15:17] = -100  # rows with answers of different lengths
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = loss_and_grads()
+    with sft.answer_positions_only():
+        compact, compact_grads = loss_and_grads()
+    assert torch.allclose(full.loss, compact.loss, atol=1e-6)
+    assert torch.allclose(full.entropy, compact.entropy, atol=1e-5) and torch.equal(full.is_top1, compact.is_top1)
+    assert full_grads.keys() == compact_grads.keys() and full_grads
+    for name in full_grads:
+        assert torch.allclose(full_grads[name], compact_grads[name], atol=1e-5), name
+    from trl.trainer import utils as trl_utils
+    assert not trl_utils._use_triton(torch.device("cpu"))  # restored on exit
+
+
 def test_training_examples_put_the_loss_on_the_answer_only(clinical_spec, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
