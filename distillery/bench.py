@@ -321,9 +321,10 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
     - sft_then_rft: the teacher recipe: SFT warm start, then GRPO with the spec's grader, the
       checkpoint kept on the validation split (also reported as `rft`);
     - random_reward: the same warm start and GRPO steps with rewards drawn at random (a control
-      that separates learning the task from drifting with training).
+      that separates learning the task from drifting with training);
+    - warm_start: the SFT checkpoint both GRPO arms start from (what GRPO adds is measured from it).
     Every arm is scored on `docs` new case reports from the demo generator, which no arm saw, with
-    the labeling stage's path (every label scored) and the spec's grader.
+    the labeling stage's path (the label set scored under the schema) and the spec's grader.
     """
     import shutil
 
@@ -360,6 +361,8 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
         work = Path(tmp)
         sft_items, grpo_items = split_for_grpo(train, cfg.grpo.heldout_from_sft)
         warm = train_sft(base, answer_examples(spec, sft_items, tokenizer), cfg.sft, work / "start", seed=spec.seed)
+        result["warm_start"] = {**evaluate(work / "start"), "steps": warm["steps"], "seconds": warm["seconds"],
+                                "seeds": len(sft_items)}
         arms = {}
         for name, reward in (("sft_then_rft", None), ("random_reward", random_reward(spec.seed))):
             out = work / name
@@ -390,6 +393,8 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
             "grpo_seeds": len(grpo_items), "validation_seeds": len(val),
             "grpo": cfg.grpo.model_dump(), "sft": cfg.sft.model_dump(),
             "gains": {"rft_minus_sft_seeds": rl["mean_reward"] - result["sft_seeds"]["mean_reward"],
+                      "rft_minus_warm_start": rl["mean_reward"] - result["warm_start"]["mean_reward"],
+                      "random_minus_warm_start": arms["random_reward"]["mean_reward"] - result["warm_start"]["mean_reward"],
                       "random_minus_sft_seeds": arms["random_reward"]["mean_reward"] - result["sft_seeds"]["mean_reward"],
                       "rft_minus_base": rl["mean_reward"] - result["base"]["mean_reward"]}}
 
@@ -444,7 +449,8 @@ def main() -> None:
         result = bulk(args.spec, args.profile, args.docs)
     else:
         result = rft(args.spec, args.profile, grpo_steps=args.grpo_steps)
-    path = lake.write_json(result, Path(args.out) / f"{args.name}.json")
+    name = args.name if args.profile == "demo" else f"{args.name}-{args.profile}"  # other profiles keep theirs apart
+    path = lake.write_json(result, Path(args.out) / f"{name}.json")
     shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if not isinstance(v, (dict, list))}
     print(f"{args.name} -> {path}: {shown}")
 

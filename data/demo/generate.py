@@ -1,4 +1,4 @@
-"""Write the demo corpora: `python data/demo/generate.py [--n 300] [--out data/demo]`.
+"""Write the demo corpora: `python data/demo/generate.py [--n 1300] [--out data/demo]`.
 
 Deterministic: the same arguments write the same documents, byte for byte, except the planted
 encrypted files (MuPDF draws fresh encryption keys each time). The expert seed sheets
@@ -14,7 +14,7 @@ from distillery import synth
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=300, help="clinical case reports to write")
+    ap.add_argument("--n", type=int, default=1300, help="clinical case reports to write")
     ap.add_argument("--invoices", type=int, default=40)
     ap.add_argument("--out", default=str(Path(__file__).parent))
     ap.add_argument("--seeds-per-label", type=int, default=8)
