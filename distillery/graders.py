@@ -2,16 +2,22 @@
 
 `ranked` is RFT's partial-credit grader (OpenPipe's analysis of OpenAI RFT): 1.0 when the right
 label is first, 0.5 when second, 0 otherwise (weights configurable). `fields` gives field-level
-credit for JSON extraction with typed normalization. A grader returns score None for "cannot grade"
-(no gold) and 0.0 for "wrong"; it never raises on a model's output.
+credit for JSON extraction with typed normalization; `similarity` a fuzzy string score; `python` runs
+a user's `grade(sample, item)` in a worker process under a time limit. A grader returns score None
+for "cannot grade" (no gold) and 0.0 for "wrong"; it never raises on a model's output.
 """
 
 from __future__ import annotations
 
+import atexit
+import difflib
+import importlib.util
 import math
+import multiprocessing
 import re
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any, Callable
 
 from distillery.prompts import Answer, format_answer, match_label, parse_answer
@@ -50,6 +56,126 @@ def grade_exact(answer: Answer, gold: Any) -> Grade:
     else:
         same = _norm_text(got) == _norm_text(gold)
     return Grade(1.0 if same else 0.0, "exact match" if same else f"got {got!r}")
+
+
+def similarity(got: Any, gold: Any) -> float:
+    """Fuzzy string score in [0, 1] (difflib's ratio), ignoring case and runs of whitespace."""
+    a, b = _norm_text(got), _norm_text(gold)
+    return 1.0 if a == b else difflib.SequenceMatcher(None, a, b).ratio()
+
+
+def grade_similarity(answer: Answer, gold: Any) -> Grade:
+    """The top label against the gold label; for extraction, the mean over the gold's fields."""
+    if not answer.ok:
+        return Grade(0.0, f"unparsable: {answer.error}")
+    if isinstance(gold, dict):
+        got = answer.value or {}
+        if not gold:
+            return Grade(1.0 if not got else 0.0, "empty gold object")
+        per = {k: similarity(got[k], v) if k in got else 0.0 for k, v in gold.items()}
+        return Grade(sum(per.values()) / len(per), ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+    score = similarity(answer.top or "", gold)
+    return Grade(score, f"similarity {score:.2f} to {gold!r}")
+
+
+# ---- python: a user's grade(sample, item), out of process, under a time limit ------------------
+
+_user_grade: dict[str, Callable] = {}
+
+
+def _load_user_grade(path: str) -> Callable:
+    if path not in _user_grade:
+        module_spec = importlib.util.spec_from_file_location("distillery_user_grader", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        grade = getattr(module, "grade", None)
+        if not callable(grade):
+            raise TypeError(f"{path} defines no function grade(sample, item)")
+        _user_grade[path] = grade
+    return _user_grade[path]
+
+
+def _check_user_grade(path: str) -> str:
+    """In the worker: load the file; '' when it defines grade(), else why not."""
+    try:
+        _load_user_grade(path)
+        return ""
+    except BaseException as err:  # noqa: BLE001 - the user's file may raise anything, SystemExit included
+        return f"{type(err).__name__}: {err}"
+
+
+def _call_user_grade(path: str, sample: dict, item: dict) -> tuple[float | None, str]:
+    """In the worker: (score, '') or (None, why). Never raises: the reason crosses the process boundary."""
+    try:
+        value = _load_user_grade(path)(sample, item)
+    except BaseException as err:  # noqa: BLE001
+        return None, f"grade() raised {type(err).__name__}: {err}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None, f"grade() returned {value!r}, not a number"
+    if not 0.0 <= value <= 1.0:
+        return None, f"grade() returned {value!r}, outside [0, 1]"
+    return float(value), ""
+
+
+class PythonGrader:
+    """`grade(sample, item) -> float` from a user's file, in one worker process, `timeout_s` per call.
+
+    sample: {"output_text", "output_json" (extraction), "ranked", "top", "status"}; item: {"answer": gold}.
+    An exception, a non-number, a score outside [0, 1] or a timeout scores 0 with the reason; a call
+    that times out kills the worker, and the next call starts a fresh one. A file that does not load
+    or defines no `grade` is refused when the grader is built.
+    """
+
+    def __init__(self, path: str | Path, timeout_s: float = 5.0):
+        self.path, self.timeout_s = str(Path(path).resolve()), timeout_s
+        if not Path(self.path).is_file():
+            raise ValueError(f"python grader: no file {self.path}")
+        self._pool = None
+        error, why = self._run(_check_user_grade, (self.path,), max(timeout_s, 30.0))  # imports take a while
+        if error is None or error:
+            raise ValueError(f"python grader {self.path}: {error or 'loading it ' + why}")
+
+    def _run(self, fn, args, timeout: float):
+        """fn(*args) in the worker: (result, '') or (None, why it did not finish)."""
+        if self._pool is None:
+            self._pool = multiprocessing.get_context("spawn").Pool(1)
+        job = self._pool.apply_async(fn, args)
+        try:
+            return job.get(timeout), ""
+        except multiprocessing.TimeoutError:
+            self.close()
+            return None, f"timed out after {timeout:g}s"
+
+    def __call__(self, answer: Answer, gold: Any) -> Grade:
+        sample = {"output_text": answer.text, "output_json": answer.value, "ranked": list(answer.ranked),
+                  "top": answer.top, "status": answer.status}
+        out, why = self._run(_call_user_grade, (self.path, sample, {"answer": gold}), self.timeout_s)
+        if out is None:
+            return Grade(0.0, f"python grader {why}")
+        score, why = out
+        return Grade(0.0, f"python grader: {why}") if score is None else Grade(score, "python grader")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+
+_python_graders: dict[tuple, PythonGrader] = {}
+
+
+def python_grader(path: Path, timeout_s: float) -> PythonGrader:
+    """One grader (one worker) per file and limit, reloaded when the file changes."""
+    key = (str(path.resolve()), timeout_s, path.stat().st_mtime_ns if path.exists() else None)
+    if key not in _python_graders:
+        _python_graders[key] = PythonGrader(path, timeout_s)
+    return _python_graders[key]
+
+
+@atexit.register
+def _close_python_graders() -> None:
+    for grader in _python_graders.values():
+        grader.close()
 
 
 def _to_number(v: Any) -> float | None:
@@ -135,6 +261,10 @@ def build_grader(cfg: GraderSpec | dict, spec: TaskSpec) -> Grader:
         return lambda a, g: grade_ranked(a, g, cfg.weights)
     if cfg.type == "exact":
         return grade_exact
+    if cfg.type == "similarity":
+        return grade_similarity
+    if cfg.type == "python":
+        return python_grader(spec.path(cfg.path), cfg.timeout_s)
     if cfg.type == "fields":
         if not isinstance(spec.output, ExtractionOutput):
             raise ValueError("grader 'fields' needs output.kind: extraction")

@@ -124,6 +124,13 @@ class TransformersBackend:
             out[idx] = self._score_batch([ids[i][shared:] for i in idx], prefix, shared, lab, lab_mask).float().cpu()
         return out
 
+    def _plain_head(self) -> bool:
+        """Logits are exactly hidden @ W.T (+ b): no soft-capping or scaling after the LM head."""
+        config = self.model.config
+        head = self.model.get_output_embeddings()
+        return (isinstance(head, torch.nn.Linear) and self.model.base_model is not self.model
+                and not getattr(config, "final_logit_softcapping", None) and getattr(config, "logit_scale", 1.0) in (None, 1.0))
+
     def _prefix_cache(self, prefix: list[int]):
         ids = torch.tensor([prefix], device=self.model.device)
         return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).cache
@@ -140,6 +147,16 @@ class TransformersBackend:
             cache.batch_repeat_interleave(b)
             mask = torch.cat([torch.ones((b, shared), dtype=mask.dtype, device=mask.device), mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -rows.shape[1]:]
+        if lab.shape[1] == 1 and self._plain_head():
+            # One token per label: softmax over the labels' first tokens of the last position's logits,
+            # of which only those rows of the LM head are needed (the full-vocabulary normalizer cancels).
+            hidden = self.model.base_model(input_ids=rows, attention_mask=mask, position_ids=pos, cache=cache,
+                                           use_cache=False).last_hidden_state[:, -1]
+            head = self.model.get_output_embeddings()
+            logits = hidden @ head.weight[lab[:, 0]].T
+            if head.bias is not None:
+                logits = logits + head.bias[lab[:, 0]]
+            return torch.softmax(logits.float(), dim=-1)
         first = self.model(input_ids=rows, attention_mask=mask, position_ids=pos, cache=cache,
                            use_cache=True, logits_to_keep=1)
         if lab.shape[1] == 1:  # one token per label: the prompt's last logits are all it takes

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distillery.spec import ClassificationOutput, ExtractionOutput, TaskSpec
@@ -31,6 +31,7 @@ class Answer:
     value: dict[str, Any] | None = None
     reasoning: str = ""
     error: str = ""
+    text: str = ""  # the completion as the model wrote it
 
     @property
     def ok(self) -> bool:
@@ -132,6 +133,11 @@ def _parse_json(body: str) -> tuple[dict | None, str]:
 
 def parse_answer(text: str, spec: TaskSpec, *, prefilled: bool = True) -> Answer:
     """Parse a completion. `prefilled`: the prompt already ended with `Answer:`. Never raises."""
+    answer = _parse(text, spec, prefilled)
+    return replace(answer, text=text) if isinstance(text, str) else answer
+
+
+def _parse(text: str, spec: TaskSpec, prefilled: bool) -> Answer:
     if not isinstance(text, str):
         return Answer("failed", error=f"not text: {type(text).__name__}")
     reasoning, body = _split_reasoning(text, prefilled)

@@ -77,10 +77,20 @@ class Prompts(_Strict):
 
 
 class GraderSpec(_Strict):
-    type: Literal["ranked", "exact", "fields", "format", "multi"] = Field(description="Which grader scores answers.")
+    type: Literal["ranked", "exact", "similarity", "fields", "format", "python", "multi"] = Field(
+        description="Which grader scores answers.")
     weights: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         [1.0, 0.5], description="ranked: credit by position of the right label, each in [0, 1].")
     components: list[dict[str, Any]] = Field([], description="multi: [{grader: {...}, weight: w}, ...].")
+    path: str | None = Field(None, description="python: a file defining `grade(sample, item) -> float` in [0, 1] "
+                             "(relative to the spec's folder).")
+    timeout_s: float = Field(5.0, gt=0, description="python: time limit per call; past it the answer scores 0.")
+
+    @model_validator(mode="after")
+    def _python_needs_a_path(self) -> "GraderSpec":
+        if self.type == "python" and not self.path:
+            raise ValueError("grader type 'python' needs `path`: a file defining grade(sample, item) -> float")
+        return self
 
 
 class Models(_Strict):

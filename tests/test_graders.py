@@ -92,6 +92,106 @@ def test_exact_gives_nothing_for_an_unparsable_answer(clinical_spec):
     assert grade_exact(parse_answer("", clinical_spec), "Pneumonia").score == 0.0
 
 
+# ---- similarity --------------------------------------------------------------------------------
+
+def test_similarity_scores_a_near_miss_between_a_wrong_label_and_the_right_one(clinical_spec):
+    grader = build_grader({"type": "similarity"}, clinical_spec)
+    right = grader(parse_answer(" Hypothyroidism", clinical_spec), "Hypothyroidism").score
+    near = grader(parse_answer(" Hypothyroidism", clinical_spec), "hypothyroid").score
+    wrong = grader(parse_answer(" Pneumonia", clinical_spec), "Hypothyroidism").score
+    assert right == 1.0 and 0.5 < near < 1.0 and wrong < near
+
+
+def test_similarity_averages_fields_and_counts_a_missing_one_as_zero(invoice_spec):
+    grader = build_grader({"type": "similarity"}, invoice_spec)
+    typo = dict(GOLD_INVOICE, vendor="Acme Tools Ltd.")
+    missing = {k: v for k, v in GOLD_INVOICE.items() if k != "currency"}
+    g_typo = grader(parse_answer(format_answer(typo), invoice_spec), GOLD_INVOICE)
+    g_missing = grader(parse_answer(format_answer(missing), invoice_spec), GOLD_INVOICE)
+    assert 0.95 < g_typo.score < 1.0 and "vendor 0.9" in g_typo.reason
+    assert g_missing.score == pytest.approx(0.8) and "currency 0.00" in g_missing.reason
+
+
+# ---- python ------------------------------------------------------------------------------------
+
+USER_GRADER = """
+import time
+
+def grade(sample, item):
+    gold = item["answer"]
+    if gold == "raise":
+        return 1 / 0
+    if gold == "slow":
+        time.sleep(60)
+    if gold == "text":
+        return "great"
+    if gold == "big":
+        return 1.5
+    if gold == "echo":
+        return len(sample["output_text"]) / 100
+    if isinstance(gold, dict):
+        return 1.0 if sample["output_json"] == gold else 0.25
+    return 1.0 if sample["top"] == gold else 0.0
+"""
+
+
+@pytest.fixture
+def user_grader(tmp_path, clinical_spec):
+    path = tmp_path / "my_grader.py"
+    path.write_text(USER_GRADER)
+    return build_grader({"type": "python", "path": str(path), "timeout_s": 1.0}, clinical_spec)
+
+
+def test_python_grader_runs_the_users_function(user_grader, clinical_spec):
+    assert user_grader(parse_answer(" Migraine; Pneumonia", clinical_spec), "Migraine") == Grade(1.0, "python grader")
+    assert user_grader(parse_answer(" Pneumonia", clinical_spec), "Migraine").score == 0.0
+    assert user_grader(parse_answer(" Pneumonia; Migraine", clinical_spec), "echo").score == pytest.approx(0.2)
+
+
+def test_python_grader_gets_the_parsed_object_for_extraction(tmp_path, invoice_spec):
+    (tmp_path / "g.py").write_text(USER_GRADER)
+    grader = build_grader({"type": "python", "path": str(tmp_path / "g.py")}, invoice_spec)
+    assert grader(parse_answer(format_answer(GOLD_INVOICE), invoice_spec), GOLD_INVOICE).score == 1.0
+    assert grader(parse_answer(format_answer({"vendor": "x"}), invoice_spec), GOLD_INVOICE).score == 0.25
+
+
+@pytest.mark.parametrize("gold, reason", [("raise", "raised ZeroDivisionError"), ("text", "not a number"),
+                                          ("big", "outside [0, 1]")])
+def test_python_grader_scores_a_misbehaving_function_0_with_the_reason(user_grader, clinical_spec, gold, reason):
+    grade = user_grader(parse_answer(" Migraine", clinical_spec), gold)
+    assert grade.score == 0.0 and reason in grade.reason
+
+
+def test_python_grader_times_out_then_recovers(user_grader, clinical_spec):
+    answer = parse_answer(" Migraine", clinical_spec)
+    grade = user_grader(answer, "slow")
+    assert grade.score == 0.0 and "timed out after 1s" in grade.reason
+    assert user_grader(answer, "Migraine").score == 1.0  # a fresh worker took over
+
+
+def test_python_grader_refuses_a_file_that_does_not_load_or_has_no_grade(tmp_path, clinical_spec):
+    with pytest.raises(ValueError, match="no file"):
+        build_grader({"type": "python", "path": str(tmp_path / "missing.py")}, clinical_spec)
+    (tmp_path / "nograde.py").write_text("def score(sample, item):\n    return 1.0\n")
+    with pytest.raises(ValueError, match="defines no function grade"):
+        build_grader({"type": "python", "path": str(tmp_path / "nograde.py")}, clinical_spec)
+    (tmp_path / "broken.py").write_text("def grade(sample, item):\n    return (\n")
+    with pytest.raises(ValueError, match="SyntaxError"):
+        build_grader({"type": "python", "path": str(tmp_path / "broken.py")}, clinical_spec)
+    with pytest.raises(ValueError, match="needs `path`"):
+        GraderSpec(type="python")
+
+
+def test_the_example_python_grader_validates_like_ranked(clinical_spec):
+    from distillery.graders import validate_grader
+
+    spec = clinical_spec.model_copy(update={"grader": GraderSpec(type="python", path="data/demo/grade_ranked.py")})
+    table, ok = validate_grader(spec, ["Migraine", "Pneumonia", "Lyme disease"])
+    assert ok
+    assert {row["answer"]: row["mean"] for row in table} == {"gold": 1.0, "unparsable": 0.0, "wrong_label": 0.0,
+                                                              "shuffled_rank": 0.5}
+
+
 # ---- fields ------------------------------------------------------------------------------------
 
 def test_fields_gives_full_credit_when_every_field_is_right(invoice_spec):
@@ -269,7 +369,9 @@ def test_score_completions_uses_the_spec_grader_for_extraction(invoice_spec):
 CLASSIFICATION_GRADERS = [
     {"type": "ranked"},
     {"type": "exact"},
+    {"type": "similarity"},
     {"type": "format"},
+    {"type": "python", "path": "data/demo/grade_ranked.py"},
     {"type": "multi", "components": [{"grader": {"type": "ranked"}, "weight": 2}, {"grader": {"type": "format"}}]},
 ]
 LABELS = ["Type 1 diabetes", "Hypothyroidism", "Hyperthyroidism", "Iron deficiency anemia", "Pneumonia",
@@ -302,6 +404,7 @@ answer_objects = st.dictionaries(st.one_of(st.sampled_from(list(GOLD_INVOICE)), 
 EXTRACTION_GRADERS = [
     {"type": "fields"},
     {"type": "exact"},
+    {"type": "similarity"},
     {"type": "format"},
     {"type": "multi", "components": [{"grader": {"type": "fields"}, "weight": 3}, {"grader": {"type": "format"}}]},
 ]
