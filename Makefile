@@ -116,5 +116,5 @@ bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the d
 	$(PY) -m distillery.bench grpo_step --spec $(SPEC) --profile $(PROFILE)
 
 .PHONY: bench-bulk
-bench-bulk: ## bulk labeling at scale: end-to-end vs extraction-only vs inference-only, overlap, MFU -> data/bench/bulk.json
-	$(PY) -m distillery.bench bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000)
+bench-bulk: ## bulk labeling at scale (MODEL=path: another labeling model): end-to-end vs extraction-only vs inference-only, overlap, MFU -> data/bench/bulk.json
+	$(PY) -m distillery.bench bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000) $(if $(MODEL),--model $(MODEL))

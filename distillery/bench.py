@@ -414,12 +414,12 @@ def grpo_step(spec_path: str, profile: str = "demo") -> dict:
     return {**result, "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
-def bulk(spec_path: str, profile: str = "demo", docs: int = 5000) -> dict:
+def bulk(spec_path: str, profile: str = "demo", docs: int = 5000, model: str | None = None) -> dict:
     """Bulk labeling at scale: end-to-end vs extraction-only vs inference-only, overlap and MFU
     (see distillery/bench_bulk.py; the corpus is generated once into data/bench/bulk-corpus)."""
     from distillery import bench_bulk
 
-    return bench_bulk.run(spec_path, profile, docs)
+    return bench_bulk.run(spec_path, profile, docs, model=model)
 
 
 def main() -> None:
@@ -433,6 +433,7 @@ def main() -> None:
                     help="student: also train a student of this many layers on the teacher's labels of --label-docs")
     ap.add_argument("--label-docs", type=int, default=1000, help="student: fresh documents the teacher labels")
     ap.add_argument("--grpo-steps", type=int, default=None, help="rft: GRPO steps (default: the spec's)")
+    ap.add_argument("--model", default=None, help="bulk: the labeling model (default: the promoted student)")
     ap.add_argument("--out", default="data/bench")
     args = ap.parse_args()
     if args.name == "robustness":
@@ -446,7 +447,7 @@ def main() -> None:
     elif args.name == "grpo_step":
         result = grpo_step(args.spec, args.profile)
     elif args.name == "bulk":
-        result = bulk(args.spec, args.profile, args.docs)
+        result = bulk(args.spec, args.profile, args.docs, model=args.model)
     else:
         result = rft(args.spec, args.profile, grpo_steps=args.grpo_steps)
     name = args.name if args.profile == "demo" else f"{args.name}-{args.profile}"  # other profiles keep theirs apart

@@ -168,6 +168,8 @@ def python_grader(path: Path, timeout_s: float) -> PythonGrader:
     """One grader (one worker) per file and limit, reloaded when the file changes."""
     key = (str(path.resolve()), timeout_s, path.stat().st_mtime_ns if path.exists() else None)
     if key not in _python_graders:
+        for old in [k for k in _python_graders if k[:2] == key[:2]]:  # the file changed: retire its worker
+            _python_graders.pop(old).close()
         _python_graders[key] = PythonGrader(path, timeout_s)
     return _python_graders[key]
 

@@ -54,10 +54,16 @@ def _eval_callback(spec: TaskSpec, items: list[dict], out: Path, history: list[d
     cfg = spec.teacher.grpo
 
     class KeepBest(TrainerCallback):
-        """Evaluate on the validation split; keep the best checkpoint; stop after `patience` misses."""
+        """Evaluate on the validation split; keep the best checkpoint (and the top `keep`); stop after
+        `patience` evaluations without improvement. Ties go to the earlier step."""
 
         def __init__(self):
             self.best, self.misses, self.tokenizer = float("-inf"), 0, None
+            self.kept: list[tuple[float, int]] = []  # (validation reward, step), best first
+
+        def save(self, model, folder: Path) -> None:
+            model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
 
         def evaluate(self, model, step: int):
             model.eval()
@@ -65,12 +71,19 @@ def _eval_callback(spec: TaskSpec, items: list[dict], out: Path, history: list[d
             _, metrics = evaluate_labeling(spec, backend, items)
             model.train()
             history.append({"step": step, "split": "validation", **metrics})
-            if metrics["mean_reward"] > self.best:
-                self.best, self.misses = metrics["mean_reward"], 0
-                model.save_pretrained(out / "best")
-                self.tokenizer.save_pretrained(out / "best")
+            reward = metrics["mean_reward"]
+            if reward > self.best:
+                self.best, self.misses = reward, 0
+                self.save(model, out / "best")
             else:
                 self.misses += 1
+            if cfg.keep > 1:
+                self.kept = sorted(self.kept + [(reward, step)], key=lambda k: (-k[0], k[1]))
+                if (reward, step) in self.kept[: cfg.keep]:
+                    self.save(model, out / "checkpoints" / f"step-{step}")
+                for _, dropped in self.kept[cfg.keep:]:
+                    shutil.rmtree(out / "checkpoints" / f"step-{dropped}", ignore_errors=True)
+                self.kept = self.kept[: cfg.keep]
             return self.misses >= cfg.patience
 
         def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):

@@ -131,6 +131,8 @@ class GRPOSpec(_Strict):
     use_lora: bool = Field(False)
     eval_interval: int = Field(2, ge=1, description="Evaluate on the validation split every N steps.")
     patience: int = Field(3, ge=1, description="Stop after this many evaluations without improvement.")
+    keep: int = Field(1, ge=1, description="Checkpoints kept by validation reward: the best in `best/`, and "
+                      "with keep > 1 the top `keep` in `checkpoints/step-N/`.")
     shared_prompt: bool = Field(True, description="Forward each prompt once per group (P + G*C tokens instead "
                                 "of G*(P+C)); the same loss and gradients as TRL's path.")
     heldout_from_sft: float = Field(0.0, ge=0, lt=1, description="Share of the seed train split kept out of "

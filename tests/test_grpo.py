@@ -209,3 +209,26 @@ def test_demo_prompts_are_clinical_prompts_of_about_170_tokens(tokenizer):
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     assert all(p.rstrip().endswith("Answer:") for p in prompts)
     assert all(120 < n < 260 for n in lengths)
+
+
+def test_grpo_keeps_the_top_k_checkpoints_on_validation_and_writes_metrics(tiny_path, tmp_path, clinical_spec):
+    import shutil
+
+    from distillery import synth
+    from distillery.rft import run_grpo
+
+    grpo_cfg = {"steps": 3, "num_generations": 2, "max_completion_length": 4, "eval_interval": 1, "patience": 10,
+                "keep": 2, "learning_rate": 1e-2}
+    spec = clinical_spec.model_copy(update={"teacher": clinical_spec.teacher.model_copy(
+        update={"grpo": clinical_spec.teacher.grpo.model_copy(update=grpo_cfg)})})
+    items = [{"sha256": str(i), "text": " ".join(synth.make_case(i).findings), "answer": synth.make_case(i).label}
+             for i in range(4)]
+    shutil.copytree(tiny_path, tmp_path / "start")
+    steps, history = run_grpo(spec, tmp_path / "start", items, items, tmp_path)
+    assert [h["step"] for h in history] == [0, 1, 2, 3]
+    ranked = sorted(history, key=lambda h: (-h["mean_reward"], h["step"]))
+    kept = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == sorted(h["step"] for h in ranked[:2])
+    assert (tmp_path / "best" / "model.safetensors").exists()
+    train = steps[steps["split"] == "train"]
+    assert len(train) == 3 and {"reward", "frac_reward_zero_std", "step_time"} <= set(train.columns)
