@@ -34,7 +34,7 @@ data/demo/pdfs/.done: distillery/synth.py data/demo/generate.py | .venv/.deps
 	$(PY) data/demo/generate.py --n $(N)
 	touch $@
 
-demo: setup ## all five stages on the demo task (~25 min on 2 CPU cores; a rerun is all Cached)
+demo: setup ## all five stages on the demo task (~15 min on 2 CPU cores; a rerun is all Cached)
 	$(RUN) bulk
 
 seed: ; $(RUN) seed
