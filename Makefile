@@ -96,8 +96,8 @@ bench-robustness: ## ingestion verdicts on real hostile PDFs -> data/bench/robus
 	$(PY) -m distillery.bench robustness --corpus $(HOSTILE)
 
 .PHONY: bench-adversarial
-bench-adversarial: ## prompt-injected case reports vs the promoted student -> data/bench/adversarial.json
-	$(PY) -m distillery.bench adversarial --spec $(SPEC)
+bench-adversarial: ## prompt-injected case reports vs the promoted student (MODEL=path: another) and the teacher -> data/bench/adversarial.json
+	$(PY) -m distillery.bench adversarial --spec $(SPEC) $(if $(MODEL),--model $(MODEL))
 
 .PHONY: bench-label
 bench-label: ## labeling stage vs a per-document pipeline loop, and calibration -> data/bench/label.json
