@@ -342,7 +342,7 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
 
     import torch
 
-    from distillery.evaluate import grade_items, seed_items, summarize
+    from distillery.evaluate import grade_items, paired_difference, seed_items, summarize
     from distillery.inference import TransformersBackend
     from distillery.models import load_tokenizer
     from distillery.rft import random_reward, run_grpo, split_for_grpo
@@ -362,18 +362,22 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
     base = str(spec.path(spec.models.base))
     tokenizer = load_tokenizer(base)
 
-    def evaluate(path) -> dict:
+    scores: dict[str, list[float]] = {}  # per-item rewards of each arm, for paired intervals
+
+    def evaluate(path, arm: str) -> dict:
         answers, _ = score_answers(spec, TransformersBackend(str(path), batch_size=spec.label.batch_size),
                                    [it["text"] for it in items])
-        summary = summarize(grade_items(spec, items, answers))
+        rows = grade_items(spec, items, answers)
+        scores[arm] = rows["score"].fillna(0).tolist()
+        summary = summarize(rows)
         return {"mean_reward": summary["mean_reward"], "top1": summary["top1"]}
 
-    result: dict = {"base": evaluate(base)}
+    result: dict = {"base": evaluate(base, "base")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sft_items, grpo_items = split_for_grpo(train, cfg.grpo.heldout_from_sft)
         warm = train_sft(base, answer_examples(spec, sft_items, tokenizer), cfg.sft, work / "start", seed=spec.seed)
-        result["warm_start"] = {**evaluate(work / "start"), "steps": warm["steps"], "seconds": warm["seconds"],
+        result["warm_start"] = {**evaluate(work / "start", "warm_start"), "steps": warm["steps"], "seconds": warm["seconds"],
                                 "seeds": len(sft_items)}
         arms = {}
         for name, reward in (("sft_then_rft", None), ("random_reward", random_reward(spec.seed))):
@@ -385,7 +389,7 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
             seconds = time.perf_counter() - started
             train_steps = steps[steps["split"] == "train"]
             best = max(history, key=lambda h: h["mean_reward"]) if history else {}
-            arms[name] = {**evaluate(out / "best"), "grpo_steps": int(len(train_steps)), "grpo_seconds": seconds,
+            arms[name] = {**evaluate(out / "best", name), "grpo_steps": int(len(train_steps)), "grpo_seconds": seconds,
                           "kept_step": best.get("step"), "validation_reward": best.get("mean_reward"),
                           "frac_reward_zero_std": float(train_steps["frac_reward_zero_std"].mean())
                           if "frac_reward_zero_std" in train_steps else None}
@@ -395,20 +399,31 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
         sft_steps = max(1, round(total / (warm["seconds"] / warm["steps"])))
         matched = cfg.sft.model_copy(update={"max_steps": sft_steps})
         plain = train_sft(base, answer_examples(spec, train, tokenizer), matched, work / "sft", seed=spec.seed)
-        result["sft_seeds"] = {**evaluate(work / "sft"), "steps": plain["steps"], "seconds": plain["seconds"]}
+        result["sft_seeds"] = {**evaluate(work / "sft", "sft_seeds"), "steps": plain["steps"], "seconds": plain["seconds"]}
     result["sft_then_rft"] = {**rl, "sft_steps": warm["steps"], "sft_seconds": warm["seconds"], "seconds": total}
     result["random_reward"] = arms["random_reward"]
     result["rft"] = result["sft_then_rft"]
+    gains = {"rft_minus_sft_seeds": rl["mean_reward"] - result["sft_seeds"]["mean_reward"],
+             "rft_minus_warm_start": rl["mean_reward"] - result["warm_start"]["mean_reward"],
+             "random_minus_warm_start": arms["random_reward"]["mean_reward"] - result["warm_start"]["mean_reward"],
+             "random_minus_sft_seeds": arms["random_reward"]["mean_reward"] - result["sft_seeds"]["mean_reward"],
+             "rft_minus_base": rl["mean_reward"] - result["base"]["mean_reward"]}
+    pairs = {"rft_minus_sft_seeds": ("sft_then_rft", "sft_seeds"), "rft_minus_warm_start": ("sft_then_rft", "warm_start"),
+             "random_minus_warm_start": ("random_reward", "warm_start"), "rft_minus_random": ("sft_then_rft", "random_reward"),
+             "rft_minus_base": ("sft_then_rft", "base")}
+    paired = {name: paired_difference(scores[a], scores[b]) for name, (a, b) in pairs.items()}
+    targets = {  # the acceptance of the RFT issues, as measured here
+        "rft>=base+0.15": gains["rft_minus_base"] >= 0.15,
+        "rft>=sft_seeds": gains["rft_minus_sft_seeds"] >= 0,
+        "rft>random_reward": paired["rft_minus_random"]["diff"] > 0,
+        "rft-sft_seeds>|random-warm_start|": gains["rft_minus_sft_seeds"] > abs(gains["random_minus_warm_start"]),
+    }
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.machine()})"
     return {**result, "seconds_per_step": rl["grpo_seconds"] / max(rl["grpo_steps"], 1), "steps": rl["grpo_steps"],
             "device": device, "docs": len(items), "train_seeds": len(train), "sft_seeds_for_warm_start": len(sft_items),
             "grpo_seeds": len(grpo_items), "validation_seeds": len(val),
             "grpo": cfg.grpo.model_dump(), "sft": cfg.sft.model_dump(),
-            "gains": {"rft_minus_sft_seeds": rl["mean_reward"] - result["sft_seeds"]["mean_reward"],
-                      "rft_minus_warm_start": rl["mean_reward"] - result["warm_start"]["mean_reward"],
-                      "random_minus_warm_start": arms["random_reward"]["mean_reward"] - result["warm_start"]["mean_reward"],
-                      "random_minus_sft_seeds": arms["random_reward"]["mean_reward"] - result["sft_seeds"]["mean_reward"],
-                      "rft_minus_base": rl["mean_reward"] - result["base"]["mean_reward"]}}
+            "gains": gains, "gains_ci95": paired, "targets": targets}
 
 
 def grpo_step(spec_path: str, profile: str = "demo") -> dict:

@@ -60,6 +60,25 @@ def summarize(rows: pd.DataFrame) -> dict:
             "top1": float(rows["top1"].mean()), "parse_rate": float((rows["parse_status"] != "failed").mean())}
 
 
+def paired_difference(a: Iterable[float], b: Iterable[float], *, resamples: int = 2000, seed: int = 0) -> dict:
+    """mean(a) - mean(b) over the same items, with a 95% paired bootstrap interval.
+
+    Items are resampled with replacement, both arms together (they were scored on the same items),
+    so the interval reflects how much the difference moves with the sample of items, not the
+    spread of each arm alone. `significant`: the interval excludes 0.
+    """
+    import numpy as np
+
+    x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError(f"paired scores need the same items: {x.size} vs {y.size}")
+    d = x - y
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
+    lo, hi = np.quantile(d[idx].mean(axis=1), [0.025, 0.975])
+    return {"diff": float(d.mean()), "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0),
+            "n": int(d.size)}
+
+
 def calibration(confidence: Iterable[float], correct: Iterable[Any], bins: int = 10) -> dict:
     """Expected calibration error over `bins` equal-width bins, and accuracy at coverage.
 

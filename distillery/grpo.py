@@ -9,9 +9,11 @@ position predicts the first completion token, so that TRL's own fused LM head, w
 entropy and fp32 options, scores every completion token). Every completion's gradient flows back
 through the one prompt pass, so log-probs, loss and gradients are TRL's up to float rounding.
 
-Only the per-token log-prob method is replaced (the policy in `_compute_loss`, and the old and
-reference log-probs, which go through the same method); generation, rewards, advantages, loss
-types, clipping and logging are TRL's. Rows are grouped by identical prompt ids and mask, wherever
+The per-token log-prob method is replaced (the policy in `_compute_loss`, and the old and
+reference log-probs, which go through the same method), and so is plain transformers generation:
+each distinct prompt is prefilled once and its G samples decode on copies of its cache, with TRL's
+generation config (vLLM, continuous batching and multimodal generation stay TRL's). Rewards,
+advantages, loss types, clipping and logging are TRL's. Rows are grouped by identical prompt ids and mask, wherever
 they sit in the batch (TRL shuffles rows after generation); without repeated prompts, with images,
 with an MoE aux loss, or under gradient checkpointing (which drops the cache while the graph is
 recorded: set `activation_checkpointing=False`, it defaults to True in GRPOConfig) the parent's path runs.
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
-from trl.extras.profiling import profiling_decorator
+from trl.extras.profiling import profiling_context, profiling_decorator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +82,28 @@ def _chunks(sizes: list[int], limit: int | None) -> list[list[int]]:
     return chunks
 
 
+def sample_on_shared_prompt(model, prompt: list[int], n: int, generation_config, eos_token_ids) -> list[list[int]]:
+    """`n` completions of one prompt: the prompt (but its last token) is forwarded once, its cache
+    repeated `n` times, and `generate` samples on top of it. Each completion runs to its first EOS,
+    included (what TRL keeps)."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], device=device)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(n)
+    rows = ids.expand(n, -1)
+    seqs = model.generate(input_ids=rows, attention_mask=torch.ones_like(rows), cache=cache,
+                          generation_config=generation_config)
+    out = []
+    eos = set(eos_token_ids if isinstance(eos_token_ids, (list, tuple)) else [eos_token_ids])
+    for seq in seqs[:, ids.size(1):].tolist():
+        end = next((i for i, t in enumerate(seq) if t in eos), None)
+        out.append(seq if end is None else seq[: end + 1])
+    return out
+
+
 class SharedPromptGRPOTrainer(GRPOTrainer):
     """GRPOTrainer that forwards each prompt once per group; `shared_prompt = False` gives TRL's path."""
 
@@ -96,6 +120,35 @@ class SharedPromptGRPOTrainer(GRPOTrainer):
         unwrapped = self.accelerator.unwrap_model(model)
         checkpointing = getattr(unwrapped, "is_activation_checkpointing", False)
         return not (checkpointing and unwrapped.training and torch.is_grad_enabled())
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """TRL's generation, but each distinct prompt is prefilled once and its G samples decode on copies
+        of its cache (transformers' `generate` continues from a given cache). Same sampler, same
+        generation config; the vLLM, continuous-batching and multimodal paths stay TRL's."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, ids in enumerate(prompt_ids):
+            groups.setdefault(tuple(ids), []).append(row)
+        if (not self.shared_prompt or self.use_vllm or self.use_transformers_continuous_batching or images
+                or multimodal_fields or len(groups) == len(prompt_ids) or min(map(len, groups)) < 2):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images=has_tool_images)
+        from trl.models import unwrap_model_for_generation
+
+        completions: list[list[int] | None] = [None] * len(prompt_ids)
+        with (
+            profiling_context(self, "transformers.generate"),
+            unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                        gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                        generation_kwargs=self.generation_kwargs,
+                                        gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            for ids, rows in groups.items():
+                for row, completion in zip(rows, sample_on_shared_prompt(
+                        model, list(ids), len(rows), self.generation_config, self.eos_token_ids)):
+                    completions[row] = completion
+        return completions, None
 
     @profiling_decorator
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
@@ -248,6 +301,33 @@ def loss_and_grads(trainer: SharedPromptGRPOTrainer, batch: dict[str, torch.Tens
     return float(loss.detach()), grads
 
 
+def time_generation(trainer: SharedPromptGRPOTrainer, batch: dict[str, torch.Tensor], rows: int,
+                    completion_length: int, repeats: int) -> dict:
+    """Seconds to sample the batch's completions, TRL's generation vs prefilling each prompt once. Every
+    completion is made exactly `completion_length` tokens long (no early EOS), so both arms decode the
+    same number of tokens whatever they sample."""
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])]
+    config = trainer.generation_config
+    saved = config.min_new_tokens
+    config.min_new_tokens = completion_length
+    times: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for r in range(repeats + 1):  # the first round of each arm warms up, untimed
+            for shared in ((False, True) if r % 2 == 0 else (True, False)):
+                trainer.shared_prompt = shared
+                started = time.perf_counter()
+                completions, _ = trainer._generate_single_turn(prompts, None, {}, rows)
+                if r:
+                    times[shared].append(time.perf_counter() - started)
+                if any(len(c) != completion_length for c in completions):
+                    raise RuntimeError("a completion stopped early although min_new_tokens was set")
+    finally:
+        config.min_new_tokens = saved
+        trainer.shared_prompt = True
+    trl_s, ours_s = statistics.mean(times[False]), statistics.mean(times[True])
+    return {"trl": round(trl_s, 4), "ours": round(ours_s, 4), "speedup": round(trl_s / ours_s, 2)}
+
+
 def bench_grpo_step(model_path: str, *, prompts: list[str] | None = None, prompts_per_step: int = 1,
                     num_generations: int = 8, completion_length: int = 16, repeats: int = 3,
                     seed: int = 0) -> dict:
@@ -280,6 +360,7 @@ def bench_grpo_step(model_path: str, *, prompts: list[str] | None = None, prompt
                 loss_and_grads(trainer, batch, shared=shared)
                 times[shared].append(time.perf_counter() - started)
                 cpu[shared].append(time.process_time() - cpu_started)
+        generation = time_generation(trainer, batch, num_generations * prompts_per_step, completion_length, repeats)
     trl_s, ours_s = statistics.mean(times[False]), statistics.mean(times[True])
     if trl_grads.keys() != our_grads.keys():
         raise RuntimeError(f"gradients differ in support: {sorted(trl_grads.keys() ^ our_grads.keys())}")
@@ -292,7 +373,7 @@ def bench_grpo_step(model_path: str, *, prompts: list[str] | None = None, prompt
         "num_generations": num_generations, "prompts_per_step": prompts_per_step,
         "runs_s": {"trl": [round(t, 4) for t in times[False]], "ours": [round(t, 4) for t in times[True]]},
         "cpu_s_per_step": {"trl": round(statistics.mean(cpu[False]), 4), "ours": round(statistics.mean(cpu[True]), 4)},
-        "model": model_path,
+        "generate_s_per_step": generation, "model": model_path,
     }
 
 

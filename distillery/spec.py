@@ -134,7 +134,8 @@ class GRPOSpec(_Strict):
     keep: int = Field(1, ge=1, description="Checkpoints kept by validation reward: the best in `best/`, and "
                       "with keep > 1 the top `keep` in `checkpoints/step-N/`.")
     shared_prompt: bool = Field(True, description="Forward each prompt once per group (P + G*C tokens instead "
-                                "of G*(P+C)); the same loss and gradients as TRL's path.")
+                                "of G*(P+C)); the same loss and gradients as TRL's path. Generation (without "
+                                "vLLM) also prefills each prompt once and samples its G completions on its cache.")
     heldout_from_sft: float = Field(0.0, ge=0, lt=1, description="Share of the seed train split kept out of "
                                     "the SFT warm start for GRPO alone, so GRPO's rewards stay informative.")
 

@@ -194,13 +194,63 @@ def test_trainer_runs_two_grpo_steps_on_shared_prompts(tiny_path, tmp_path, toke
     assert all(h["shared_prompt/token_fraction"] < 1.0 for h in logs)
 
 
+@pytest.fixture(scope="module")
+def generation_trainer(tiny_path, tokenizer, tmp_path_factory) -> SharedPromptGRPOTrainer:
+    """A trainer on the tiny model whose generation is greedy, so both paths must agree token for token."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_path), dtype=torch.float32)
+    return loss_trainer(model, tokenizer, num_generations=G, completion_length=7,
+                        output_dir=str(tmp_path_factory.mktemp("gen")), generation_kwargs={"do_sample": False})
+
+
+def generation_prompts(tokenizer) -> list[list[int]]:
+    a = tokenizer("Fever and productive cough for three days. Answer:", add_special_tokens=False)["input_ids"]
+    b = tokenizer("Flank pain. Answer:", add_special_tokens=False)["input_ids"]
+    return [a, b, a, b, b, a, a, b]  # two prompts of different lengths, G=4 each, interleaved
+
+
+def test_shared_prompt_generation_gives_trls_completions(generation_trainer, tokenizer, monkeypatch):
+    prompts = generation_prompts(tokenizer)
+    calls = []
+    sample = grpo.sample_on_shared_prompt
+    monkeypatch.setattr(grpo, "sample_on_shared_prompt", lambda model, prompt, n, *a: calls.append(n) or sample(model, prompt, n, *a))
+    generation_trainer.shared_prompt = True
+    ours, _ = generation_trainer._generate_single_turn(prompts, None, {}, G)
+    generation_trainer.shared_prompt = False
+    trl, _ = generation_trainer._generate_single_turn(prompts, None, {}, G)
+    assert calls == [4, 4]  # one prefill per distinct prompt, its four rows sampled on it
+    assert ours == trl
+    assert ours[0] == ours[2] and ours[1] == ours[3]  # greedy: a prompt's rows agree, in their own places
+    assert all(1 <= len(c) <= 7 for c in ours)
+
+
+def test_shared_prompt_generation_stops_at_eos(generation_trainer, tokenizer):
+    """A completion keeps its first EOS and nothing after it, as TRL's path keeps."""
+    model = generation_trainer.model
+    prompt = generation_prompts(tokenizer)[0]
+    eos = grpo.sample_on_shared_prompt(model, prompt, 2, generation_trainer.generation_config, [])[0][0]
+    cut = grpo.sample_on_shared_prompt(model, prompt, 2, generation_trainer.generation_config, [eos])
+    assert cut == [[eos], [eos]]
+
+
+def test_distinct_prompts_generate_on_trls_path(generation_trainer, tokenizer, monkeypatch):
+    prompts = generation_prompts(tokenizer)[:2]
+    monkeypatch.setattr(grpo, "sample_on_shared_prompt", lambda *a: pytest.fail("no prompt repeats"))
+    generation_trainer.shared_prompt = True
+    ours, _ = generation_trainer._generate_single_turn(prompts, None, {}, 1)
+    assert len(ours) == 2
+
+
 def test_bench_on_a_tiny_model(tiny_path, tokenizer):
     prompts = ["Fever and productive cough. Answer:", "Flank pain radiating to the groin and blood in the urine."]
     out = grpo.bench_grpo_step(str(tiny_path), prompts=prompts, prompts_per_step=2, num_generations=4,
                                completion_length=6, repeats=1)
     assert {"trl_s_per_step", "ours_s_per_step", "speedup", "tokens_per_step", "max_abs_loss_diff",
-            "max_abs_grad_diff", "prompt_tokens", "completion_tokens", "num_generations", "model"} <= out.keys()
+            "max_abs_grad_diff", "prompt_tokens", "completion_tokens", "num_generations", "model",
+            "generate_s_per_step"} <= out.keys()
     assert out["max_abs_loss_diff"] < TOL and out["max_abs_grad_diff"] < TOL
+    assert out["generate_s_per_step"]["trl"] > 0 and out["generate_s_per_step"]["ours"] > 0
     assert out["tokens_per_step"]["ours"] < out["tokens_per_step"]["trl"]
 
 
