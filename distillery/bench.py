@@ -377,7 +377,8 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
         work = Path(tmp)
         sft_items, grpo_items = split_for_grpo(train, cfg.grpo.heldout_from_sft)
         warm = train_sft(base, answer_examples(spec, sft_items, tokenizer), cfg.sft, work / "start", seed=spec.seed)
-        result["warm_start"] = {**evaluate(work / "start", "warm_start"), "steps": warm["steps"], "seconds": warm["seconds"],
+        result["warm_start"] = {**evaluate(work / "start", "warm_start"), "steps": warm["steps"],
+                                "seconds": warm["seconds"],
                                 "seeds": len(sft_items)}
         arms = {}
         for name, reward in (("sft_then_rft", None), ("random_reward", random_reward(spec.seed))):
@@ -399,7 +400,8 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
         sft_steps = max(1, round(total / (warm["seconds"] / warm["steps"])))
         matched = cfg.sft.model_copy(update={"max_steps": sft_steps})
         plain = train_sft(base, answer_examples(spec, train, tokenizer), matched, work / "sft", seed=spec.seed)
-        result["sft_seeds"] = {**evaluate(work / "sft", "sft_seeds"), "steps": plain["steps"], "seconds": plain["seconds"]}
+        result["sft_seeds"] = {**evaluate(work / "sft", "sft_seeds"), "steps": plain["steps"],
+                               "seconds": plain["seconds"]}
     result["sft_then_rft"] = {**rl, "sft_steps": warm["steps"], "sft_seconds": warm["seconds"], "seconds": total}
     result["random_reward"] = arms["random_reward"]
     result["rft"] = result["sft_then_rft"]
@@ -408,8 +410,10 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
              "random_minus_warm_start": arms["random_reward"]["mean_reward"] - result["warm_start"]["mean_reward"],
              "random_minus_sft_seeds": arms["random_reward"]["mean_reward"] - result["sft_seeds"]["mean_reward"],
              "rft_minus_base": rl["mean_reward"] - result["base"]["mean_reward"]}
-    pairs = {"rft_minus_sft_seeds": ("sft_then_rft", "sft_seeds"), "rft_minus_warm_start": ("sft_then_rft", "warm_start"),
-             "random_minus_warm_start": ("random_reward", "warm_start"), "rft_minus_random": ("sft_then_rft", "random_reward"),
+    pairs = {"rft_minus_sft_seeds": ("sft_then_rft", "sft_seeds"),
+             "rft_minus_warm_start": ("sft_then_rft", "warm_start"),
+             "random_minus_warm_start": ("random_reward", "warm_start"),
+             "rft_minus_random": ("sft_then_rft", "random_reward"),
              "rft_minus_base": ("sft_then_rft", "base")}
     paired = {name: paired_difference(scores[a], scores[b]) for name, (a, b) in pairs.items()}
     targets = {  # the acceptance of the RFT issues, as measured here
@@ -460,7 +464,8 @@ def main() -> None:
                     help="student: also train a student of this many layers on the teacher's labels of --label-docs")
     ap.add_argument("--label-docs", type=int, default=1000, help="student: fresh documents the teacher labels")
     ap.add_argument("--grpo-steps", type=int, default=None, help="rft: GRPO steps (default: the spec's)")
-    ap.add_argument("--model", default=None, help="bulk, adversarial: the labeling model (default: the promoted student)")
+    ap.add_argument("--model", default=None,
+                    help="bulk, adversarial: the labeling model (default: the promoted student)")
     ap.add_argument("--out", default="data/bench")
     args = ap.parse_args()
     if args.name == "robustness":

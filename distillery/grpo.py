@@ -13,8 +13,8 @@ The per-token log-prob method is replaced (the policy in `_compute_loss`, and th
 reference log-probs, which go through the same method), and so is plain transformers generation:
 each distinct prompt is prefilled once and its G samples decode on copies of its cache, with TRL's
 generation config (vLLM, continuous batching and multimodal generation stay TRL's). Rewards,
-advantages, loss types, clipping and logging are TRL's. Rows are grouped by identical prompt ids and mask, wherever
-they sit in the batch (TRL shuffles rows after generation); without repeated prompts, with images,
+advantages, loss types, clipping and logging are TRL's. Rows are grouped by identical prompt ids
+and mask, wherever they sit in the batch (TRL shuffles rows after generation); without repeated prompts, with images,
 with an MoE aux loss, or under gradient checkpointing (which drops the cache while the graph is
 recorded: set `activation_checkpointing=False`, it defaults to True in GRPOConfig) the parent's path runs.
 Positions follow transformers 5: with no `position_ids`, TRL's forward numbers the columns of the

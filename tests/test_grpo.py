@@ -214,7 +214,12 @@ def test_shared_prompt_generation_gives_trls_completions(generation_trainer, tok
     prompts = generation_prompts(tokenizer)
     calls = []
     sample = grpo.sample_on_shared_prompt
-    monkeypatch.setattr(grpo, "sample_on_shared_prompt", lambda model, prompt, n, *a: calls.append(n) or sample(model, prompt, n, *a))
+
+    def counted(model, prompt, n, *args):
+        calls.append(n)
+        return sample(model, prompt, n, *args)
+
+    monkeypatch.setattr(grpo, "sample_on_shared_prompt", counted)
     generation_trainer.shared_prompt = True
     ours, _ = generation_trainer._generate_single_turn(prompts, None, {}, G)
     generation_trainer.shared_prompt = False
