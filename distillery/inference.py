@@ -5,8 +5,10 @@
   `score_labels` runs each prompt once, then every label's tokens on top of the prompt's cached
   keys and values: one forward pass per batch gives a distribution over exactly the label set.
 - `VLLMBackend` (GPU): offline `LLM.generate` with structured outputs, prefix caching and LoRA
-  requests. Written against vLLM's documented API (>= 0.12, `StructuredOutputsParams`); it needs a
-  CUDA GPU and the vllm wheel, which the test machines lack, so it is not exercised by the tests.
+  requests; `score_labels` reads each label's tokens' log-probs from vLLM's prompt log-probs.
+  Written against vLLM's documented API (>= 0.12, `StructuredOutputsParams`); it needs a CUDA GPU
+  and the vllm wheel, which the test machines lack: the tests drive it through a stand-in for
+  `vllm.LLM`, so the code around vLLM is tested and vLLM itself is not exercised.
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def _first_item_end(texts: list[str]) -> int:
         if stripped and any(sep in t for sep in (";", "\n")):
             return n
     return len(texts)
+
+
+def label_token_ids(tokenizer, labels: list[str], *, first_token: bool = False) -> list[list[int]]:
+    """Each label's tokens as they follow the prompt (after a space); with `first_token`, the first
+    token alone, which must then differ between labels."""
+    label_ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+    if first_token and len({ids[0] for ids in label_ids}) < len(labels):
+        raise ValueError("first-token scoring needs labels whose first tokens differ; these share one: "
+                         + ", ".join(lab for lab, ids in zip(labels, label_ids)
+                                     if sum(x[0] == ids[0] for x in label_ids) > 1))
+    return [ids[:1] for ids in label_ids] if first_token else label_ids
 
 
 class TransformersBackend:
@@ -100,13 +113,7 @@ class TransformersBackend:
         needs no pass over the labels' tokens; it requires labels whose first tokens differ.
         """
         tok = self.tokenizer
-        label_ids = [tok(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
-        if first_token and len({ids[0] for ids in label_ids}) < len(labels):
-            raise ValueError("first-token scoring needs labels whose first tokens differ; these share one: "
-                             + ", ".join(lab for lab, ids in zip(labels, label_ids)
-                                         if sum(x[0] == ids[0] for x in label_ids) > 1))
-        if first_token:
-            label_ids = [ids[:1] for ids in label_ids]
+        label_ids = label_token_ids(tok, labels, first_token=first_token)
         width = max(len(ids) for ids in label_ids)
         lab = torch.full((len(labels), width), tok.pad_token_id, dtype=torch.long)
         lab_mask = torch.zeros((len(labels), width), dtype=torch.long)
@@ -189,14 +196,25 @@ def _common_prefix(ids: list[list[int]]) -> int:
 
 
 class VLLMBackend:
-    """vLLM offline generation (GPU only; not exercised by the test suite, which has no GPU)."""
+    """vLLM offline inference (GPU only; not exercised by the test suite, which has no GPU: the tests
+    drive it through a stand-in for `vllm.LLM` that answers as vLLM's documented API does)."""
 
-    def __init__(self, model_path: str, *, lora_path: str | None = None, max_model_len: int = 4096):
-        from vllm import LLM  # noqa: PLC0415 - optional GPU dependency
+    def __init__(self, model_path: str, *, lora_path: str | None = None, max_model_len: int = 4096, llm=None):
+        if llm is None:
+            from vllm import LLM  # noqa: PLC0415 - optional GPU dependency
 
-        self.llm = LLM(model=model_path, enable_prefix_caching=True, enable_lora=lora_path is not None,
-                       max_model_len=max_model_len)
+            llm = LLM(model=model_path, enable_prefix_caching=True, enable_lora=lora_path is not None,
+                      max_model_len=max_model_len)
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
         self.lora_path = lora_path
+
+    def _lora(self):
+        if not self.lora_path:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest("adapter", 1, self.lora_path)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
                  num_samples: int = 1, seed: int = 0, regex: str | None = None) -> list[list[Generation]]:
@@ -206,13 +224,31 @@ class VLLMBackend:
         structured = StructuredOutputsParams(regex=regex) if regex else None
         params = SamplingParams(n=num_samples, temperature=temperature, max_tokens=max_new_tokens, seed=seed,
                                 logprobs=1, structured_outputs=structured)
-        lora = None
-        if self.lora_path:
-            from vllm.lora.request import LoRARequest
-
-            lora = LoRARequest("adapter", 1, self.lora_path)
-        results = self.llm.generate(prompts, params, lora_request=lora)
+        results = self.llm.generate(prompts, params, lora_request=self._lora())
         return [[_vllm_generation(c) for c in r.outputs] for r in results]
+
+    def score_labels(self, prompts: list[str], labels: list[str], *, share_prefix: bool = True,
+                     first_token: bool = False) -> torch.Tensor:
+        """P(label | prompt) over exactly `labels`, as `TransformersBackend.score_labels` computes it.
+
+        Each (prompt, label) pair is one request, the prompt's tokens followed by the label's, with
+        `prompt_logprobs=0` (the log-prob of every prompt token) and one generated token; a label's
+        score is the sum of its tokens' log-probs. Prefix caching computes each prompt once for all
+        its labels, and the template's shared head once for all prompts (`share_prefix` is vLLM's
+        to decide)."""
+        from vllm import SamplingParams
+
+        label_ids = label_token_ids(self.tokenizer, labels, first_token=first_token)
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        requests = [{"prompt_token_ids": x + lab} for x in ids for lab in label_ids]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        results = self.llm.generate(requests, params, lora_request=self._lora(), use_tqdm=False)
+        scores = torch.empty(len(requests), dtype=torch.float64)
+        for k, (request, result) in enumerate(zip(requests, results)):
+            n = len(label_ids[k % len(labels)])
+            tokens = request["prompt_token_ids"][-n:]
+            scores[k] = sum(position[token].logprob for position, token in zip(result.prompt_logprobs[-n:], tokens))
+        return torch.softmax(scores.view(len(prompts), len(labels)), dim=-1).float()
 
 
 def _vllm_generation(completion) -> Generation:

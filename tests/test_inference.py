@@ -72,3 +72,65 @@ def test_generation_returns_one_result_per_prompt_and_sample_in_input_order(back
     sampled = backend.generate(prompts, max_new_tokens=4, temperature=1.0, num_samples=3)
     assert all(len(s) == 3 for s in sampled)
     assert all(0.0 <= g.confidence <= 1.0 for s in sampled for g in s)
+
+
+class StandInLLM:
+    """Answers `generate` as `vllm.LLM` documents it for prompt log-probs, from a transformers model:
+    `RequestOutput.prompt_logprobs` is None for the first token, then for each later token a dict
+    {token id: Logprob} that holds (at least) the prompt's own token. vLLM is not installed here."""
+
+    def __init__(self, backend: TransformersBackend):
+        self.model, self.tok, self.params = backend.model, backend.tokenizer, []
+
+    def get_tokenizer(self):
+        return self.tok
+
+    def generate(self, requests, params, lora_request=None, use_tqdm=True):
+        from types import SimpleNamespace
+
+        self.params.append(params)
+        out = []
+        for request in requests:
+            ids = request["prompt_token_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            positions = [None] + [{t: SimpleNamespace(logprob=float(logp[i, t]))} for i, t in enumerate(ids[1:])]
+            out.append(SimpleNamespace(prompt_logprobs=positions, outputs=[]))
+        return out
+
+
+@pytest.fixture
+def vllm_stand_in(monkeypatch, backend):
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    module = ModuleType("vllm")
+    module.SamplingParams = lambda **kwargs: SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return StandInLLM(backend)
+
+
+@pytest.mark.parametrize("first_token", [False, True])
+def test_vllm_label_scores_equal_the_transformers_backend(backend, vllm_stand_in, clinical_spec, first_token):
+    from distillery.inference import VLLMBackend
+
+    labels = clinical_spec.output.labels
+    prompts = [render_prompt(t, clinical_spec, backend.tokenizer) for t in TEXTS]
+    vllm = VLLMBackend("unused", llm=vllm_stand_in)
+    ours = vllm.score_labels(prompts, labels, first_token=first_token)
+    assert torch.allclose(ours, backend.score_labels(prompts, labels, first_token=first_token), atol=1e-4)
+    (params,) = vllm_stand_in.params
+    assert params.prompt_logprobs == 0 and params.max_tokens == 1
+
+
+def test_label_stage_scores_the_label_set_on_vllm(backend, vllm_stand_in, clinical_spec):
+    """With vLLM the labeling stage takes the same schema-constrained path (no free generation)."""
+    from distillery.inference import VLLMBackend
+    from distillery.label import label_rows
+
+    docs = [{"sha256": str(i), "text": t} for i, t in enumerate(TEXTS)]
+    on_vllm = label_rows(clinical_spec, VLLMBackend("unused", llm=vllm_stand_in), docs, model_id="m", run_id="r")
+    on_transformers = label_rows(clinical_spec, backend, docs, model_id="m", run_id="r")
+    assert [r["answer"] for r in on_vllm] == [r["answer"] for r in on_transformers]
+    assert all(r["parse_status"] == "ok" for r in on_vllm)
+    assert [r["confidence"] for r in on_vllm] == pytest.approx([r["confidence"] for r in on_transformers], abs=1e-4)
