@@ -221,7 +221,8 @@ def _flush(out: Path, labels: list[dict], bad: list[dict], run_id: str, shards: 
 
 def _label_batch(spec: TaskSpec, backend, batch: list[pdf.Extracted], model_id: str, meta: dict) -> list[dict]:
     answers, probs = score_answers(spec, backend, [r.text for r in batch], student=True)
-    return [{"sha256": r.sha256, "path": r.path, "label": a.top, "ranked": json.dumps(a.ranked),
+    return [{"sha256": r.sha256, "path": r.path, "label": a.top if a.value is None else json.dumps(a.value),
+             "ranked": json.dumps(a.ranked),
              "confidence": max(p), "probs": json.dumps(p), "model": model_id, **meta}
             for r, a, p in zip(batch, answers, probs)]
 

@@ -131,6 +131,22 @@ class TransformersBackend:
             out[idx] = self._score_batch([ids[i][shared:] for i in idx], prefix, shared, lab, lab_mask).float().cpu()
         return out
 
+    def extract(self, prompts: list[str], output) -> list[tuple[dict, float]]:
+        """Schema-constrained JSON extraction (`constrained.decode`), in batches of similar length."""
+        from distillery import constrained
+
+        if getattr(self, "_vocab", None) is None:
+            self._vocab = constrained.Vocabulary(self.tokenizer)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[tuple[dict, float] | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            decoded = constrained.decode(self.model, self.tokenizer, [prompts[i] for i in idx], output,
+                                         vocab=self._vocab)
+            for i, result in zip(idx, decoded):
+                out[i] = result
+        return out
+
     def _plain_head(self) -> bool:
         """Logits are exactly hidden @ W.T (+ b): no soft-capping or scaling after the LM head."""
         config = self.model.config

@@ -5,7 +5,9 @@ Classification without reasoning (the CPU profile) is decoded under the schema, 
 structured `choice` would: the label set is scored after the `Answer:` prefill in one pass (by
 each label's first token when they differ, `teacher.first_token`; else by every label's token
 sequence), the answer is the labels ranked by probability and the confidence is the top label's.
-Otherwise the teacher generates, and its output goes through the one parser; unparsable output is
+Extraction without reasoning is decoded under the schema too (`constrained.decode`: the JSON
+skeleton forced, each value typed; confidence, the values' geometric mean token probability).
+Otherwise (a reasoning teacher, or a backend without the constrained path) the teacher generates, and its output goes through the one parser; unparsable output is
 kept and marked `failed`, never dropped (confidence: the first answer item's probability).
 Labels are written in shards as they finish, under `out/shards/`; a rerun after a crash labels
 only the documents no shard holds yet, so every document ends up exactly once.
@@ -53,12 +55,13 @@ def done_hashes(shards: Path) -> set[str]:
 
 
 def constrained(spec: TaskSpec) -> bool:
-    """Classification without reasoning is decoded by scoring the label set: always in the schema."""
-    return isinstance(spec.output, ClassificationOutput) and not spec.teacher.reasoning
+    """Without reasoning the answer is decoded under the schema: classification by scoring the label
+    set, extraction by forcing the JSON skeleton and typing each value (`constrained.decode`)."""
+    return not spec.teacher.reasoning
 
 
 def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
-    if constrained(spec) and hasattr(backend, "score_labels"):
+    if constrained(spec) and hasattr(backend, "score_labels" if isinstance(spec.output, ClassificationOutput) else "extract"):
         return _scored_rows(spec, backend, docs, model_id=model_id, run_id=run_id)
     reasoning = spec.teacher.reasoning
     prompts = [render_prompt(d["text"], spec, backend.tokenizer, reasoning=reasoning) for d in docs]
@@ -76,11 +79,13 @@ def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_
 
 
 def _scored_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
-    """The teacher's ranked answer as the label set ordered by P(label | prompt, `Answer:`)."""
+    """The teacher's answer under the schema: the label set ordered by P(label | prompt, `Answer:`),
+    or the JSON object decoded under the schema."""
     answers, probs = score_answers(spec, backend, [d["text"] for d in docs])
     phash = prompt_hash(spec, False)
-    return [{"sha256": d["sha256"], "raw_output": format_answer(a.ranked), "reasoning": "",
-             "answer": json.dumps(a.ranked), "parse_status": "ok", "parse_error": "", "confidence": max(p),
+    return [{"sha256": d["sha256"], "raw_output": format_answer(a.ranked if a.value is None else a.value),
+             "reasoning": "", "answer": json.dumps(a.ranked if a.value is None else a.value), "parse_status": "ok",
+             "parse_error": "", "confidence": max(p),
              "model": model_id, "prompt_hash": phash, "task": spec.name, "run_id": run_id, "stage": "label"}
             for d, a, p in zip(docs, answers, probs)]
 

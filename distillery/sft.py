@@ -16,12 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distillery import lake
-from distillery.errors import DistilleryError, StageInputMissing
+from distillery.errors import StageInputMissing
 from distillery.evaluate import grade_items, seed_items, summarize
 from distillery.inference import TransformersBackend
 from distillery.models import device, load_tokenizer, shallow_copy
 from distillery.prompts import Answer, format_answer, render_prompt
-from distillery.spec import ClassificationOutput, SFTSpec, TaskSpec
+from distillery.constrained import in_schema
+from distillery.spec import ClassificationOutput, ExtractionOutput, SFTSpec, TaskSpec
 
 
 @contextmanager
@@ -81,9 +82,14 @@ def train_sft(model_name: str, examples: list[dict], cfg: SFTSpec, out_dir: Path
 
 
 def answer_examples(spec: TaskSpec, items: list[dict], tokenizer) -> list[dict]:
-    """SFT examples: the answer-only prompt and the gold answer as completion."""
-    return [{"prompt": render_prompt(it["text"], spec, tokenizer),
-             "completion": format_answer([it["answer"]] if isinstance(it["answer"], str) else it["answer"])}
+    """SFT examples: the answer-only prompt and the gold answer as completion (an extraction answer
+    with the spec's fields in the spec's order: what schema-constrained decoding writes)."""
+    def target(answer):
+        if isinstance(answer, str):
+            return [answer]
+        return in_schema(spec.output, answer) if isinstance(spec.output, ExtractionOutput) else answer
+
+    return [{"prompt": render_prompt(it["text"], spec, tokenizer), "completion": format_answer(target(it["answer"]))}
             for it in items]
 
 
@@ -104,17 +110,19 @@ def first_token_scoring(spec: TaskSpec, tokenizer, *, student: bool) -> bool:
 
 def score_answers(spec: TaskSpec, backend: TransformersBackend, texts: list[str], *,
                   student: bool = False) -> tuple[list[Answer], list[list[float]]]:
-    """Answers under the schema: every label scored in one pass, ranked by probability.
+    """Answers under the schema, and a probability row per document.
 
-    Each label is scored by its first token when the spec allows it for this model (`teacher.first_token`,
-    or `student.first_token` with `student=True`) and the labels' first tokens differ; otherwise by its
-    whole token sequence.
+    Classification: every label scored in one pass, ranked by probability; each label by its first
+    token when the spec allows it for this model (`teacher.first_token`, or `student.first_token` with
+    `student=True`) and the labels' first tokens differ, otherwise by its whole token sequence.
+    Extraction: the JSON skeleton forced and each field's value decoded over the tokens its type
+    allows (`constrained.decode`); the row holds one number, the decoding's confidence.
     """
-    if not isinstance(spec.output, ClassificationOutput):
-        raise DistilleryError(f"task {spec.name!r}: the student scores a label set, so it serves classification "
-                              "tasks; extraction students (schema-constrained JSON decoding) are not supported yet")
-    labels = list(spec.output.labels)
     prompts = [render_prompt(t, spec, backend.tokenizer) for t in texts]
+    if not isinstance(spec.output, ClassificationOutput):  # extraction: the JSON skeleton forced, values typed
+        decoded = backend.extract(prompts, spec.output)
+        return [Answer("ok", value=value) for value, _ in decoded], [[confidence] for _, confidence in decoded]
+    labels = list(spec.output.labels)
     probs = backend.score_labels(prompts, labels, first_token=first_token_scoring(spec, backend.tokenizer, student=student))
     answers = []
     for row in probs:
@@ -160,7 +168,9 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
     usable = labels[(labels["parse_status"] != "failed") & (labels["confidence"] >= spec.student.min_confidence)]
     docs = lake.read_table(documents).to_pandas()[["sha256", "text"]]
     usable = usable.merge(docs, on="sha256")
-    items = [{"sha256": r.sha256, "text": r.text, "answer": json.loads(r.answer)[0]} for r in usable.itertuples()]
+    classify = isinstance(spec.output, ClassificationOutput)
+    items = [{"sha256": r.sha256, "text": r.text, "answer": json.loads(r.answer)[0] if classify else json.loads(r.answer)}
+             for r in usable.itertuples()]
     if not items:
         raise StageInputMissing("student", f"teacher labels that parse and reach confidence "
                                 f"{spec.student.min_confidence} (0 of {len(labels)} do)",
@@ -182,7 +192,7 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
     agreement = None
     if agreement_items:
         agreed, _ = score_answers(spec, backend, [it["text"] for it in agreement_items], student=True)
-        agreement = sum(a.top == it["answer"] for a, it in zip(agreed, agreement_items)) / len(agreement_items)
+        agreement = float(grade_items(spec, agreement_items, agreed)["top1"].mean())
     metrics = {**summary, "train": train, "trained_on": len(train_items), "filtered_out": int(len(labels) - len(items)),
                "teacher_agreement": agreement, "agreement_items": len(agreement_items), "docs_per_s": docs_per_s,
                "layers": backend.model.config.num_hidden_layers,

@@ -45,6 +45,8 @@ class FieldSpec(_Strict):
     type: Literal["string", "number", "date"] = Field("string", description="How the value is normalized when graded.")
     description: str = Field("", description="Shown to the model in the prompt.")
     tolerance: float = Field(0.01, ge=0, description="Absolute tolerance for numbers.")
+    max_tokens: int = Field(32, ge=1, description="Most tokens the value may take under schema-constrained "
+                            "decoding (a longer value is cut).")
 
 
 class ExtractionOutput(_Strict):
