@@ -120,8 +120,6 @@ def decode(model, tokenizer, prompts: list[str], output: ExtractionOutput, *,
             logits = feed(step[:, None], real[:, None])
         for r in range(rows):
             values[r][name] = _value(field.type, text[r])
-    closing = torch.tensor(tokenizer(pieces[-1], add_special_tokens=False)["input_ids"], device=device)
-    feed(closing.expand(rows, -1), torch.ones((rows, len(closing)), dtype=torch.long, device=device))
     return [(v, math.exp(sum(lp) / len(lp)) if lp else 0.0) for v, lp in zip(values, logps)]
 
 

@@ -7,8 +7,8 @@ each label's first token when they differ, `teacher.first_token`; else by every 
 sequence), the answer is the labels ranked by probability and the confidence is the top label's.
 Extraction without reasoning is decoded under the schema too (`constrained.decode`: the JSON
 skeleton forced, each value typed; confidence, the values' geometric mean token probability).
-Otherwise (a reasoning teacher, or a backend without the constrained path) the teacher generates, and its output goes through the one parser; unparsable output is
-kept and marked `failed`, never dropped (confidence: the first answer item's probability).
+Otherwise (a reasoning teacher, or a backend without the constrained path) the teacher generates,
+and its output goes through the one parser; unparsable output is kept and marked `failed`, never dropped (confidence: the first answer item's probability).
 Labels are written in shards as they finish, under `out/shards/`; a rerun after a crash labels
 only the documents no shard holds yet, so every document ends up exactly once.
 The same labeling path then labels the expert held-out seeds, which measures whether the
@@ -61,7 +61,8 @@ def constrained(spec: TaskSpec) -> bool:
 
 
 def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
-    if constrained(spec) and hasattr(backend, "score_labels" if isinstance(spec.output, ClassificationOutput) else "extract"):
+    method = "score_labels" if isinstance(spec.output, ClassificationOutput) else "extract"
+    if constrained(spec) and hasattr(backend, method):
         return _scored_rows(spec, backend, docs, model_id=model_id, run_id=run_id)
     reasoning = spec.teacher.reasoning
     prompts = [render_prompt(d["text"], spec, backend.tokenizer, reasoning=reasoning) for d in docs]
@@ -83,11 +84,11 @@ def _scored_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, ru
     or the JSON object decoded under the schema."""
     answers, probs = score_answers(spec, backend, [d["text"] for d in docs])
     phash = prompt_hash(spec, False)
-    return [{"sha256": d["sha256"], "raw_output": format_answer(a.ranked if a.value is None else a.value),
-             "reasoning": "", "answer": json.dumps(a.ranked if a.value is None else a.value), "parse_status": "ok",
-             "parse_error": "", "confidence": max(p),
+    values = [a.ranked if a.value is None else a.value for a in answers]
+    return [{"sha256": d["sha256"], "raw_output": format_answer(v), "reasoning": "", "answer": json.dumps(v),
+             "parse_status": "ok", "parse_error": "", "confidence": max(p),
              "model": model_id, "prompt_hash": phash, "task": spec.name, "run_id": run_id, "stage": "label"}
-            for d, a, p in zip(docs, answers, probs)]
+            for d, v, p in zip(docs, values, probs)]
 
 
 def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *, out: Path,

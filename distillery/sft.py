@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distillery import lake
+from distillery.constrained import in_schema
 from distillery.errors import StageInputMissing
 from distillery.evaluate import grade_items, seed_items, summarize
 from distillery.inference import TransformersBackend
 from distillery.models import device, load_tokenizer, shallow_copy
 from distillery.prompts import Answer, format_answer, render_prompt
-from distillery.constrained import in_schema
 from distillery.spec import ClassificationOutput, ExtractionOutput, SFTSpec, TaskSpec
 
 
@@ -169,8 +169,8 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
     docs = lake.read_table(documents).to_pandas()[["sha256", "text"]]
     usable = usable.merge(docs, on="sha256")
     classify = isinstance(spec.output, ClassificationOutput)
-    items = [{"sha256": r.sha256, "text": r.text, "answer": json.loads(r.answer)[0] if classify else json.loads(r.answer)}
-             for r in usable.itertuples()]
+    items = [{"sha256": r.sha256, "text": r.text,
+              "answer": json.loads(r.answer)[0] if classify else json.loads(r.answer)} for r in usable.itertuples()]
     if not items:
         raise StageInputMissing("student", f"teacher labels that parse and reach confidence "
                                 f"{spec.student.min_confidence} (0 of {len(labels)} do)",

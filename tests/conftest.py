@@ -72,6 +72,18 @@ def invoice_spec(invoice_raw) -> TaskSpec:
     return parse_spec(invoice_raw, root=REPO)
 
 
+def quick_stages(spec: TaskSpec, student_base, *, layers: int, **label) -> TaskSpec:
+    """`spec` made to run its stages in seconds on tiny models: one ingest worker, label batches of 8
+    (plus `label` settings), a student of `layers` layers from `student_base` trained for 2 steps."""
+    return spec.model_copy(update={
+        "label": spec.label.model_copy(update={"batch_size": 8, **label}),
+        "ingest": spec.ingest.model_copy(update={"workers": 1}),
+        "models": spec.models.model_copy(update={"student": str(student_base)}),
+        "student": spec.student.model_copy(update={
+            "layers": layers, "sft": spec.student.sft.model_copy(update={"max_steps": 2, "batch_size": 4})}),
+    })
+
+
 @pytest.fixture(scope="session")
 def good_bytes() -> bytes:
     """A valid two-page case report."""

@@ -13,7 +13,7 @@ from distillery.inference import TransformersBackend
 from distillery.models import tiny_model
 from distillery.prompts import format_answer, parse_answer, render_prompt
 
-from conftest import REPO
+from conftest import REPO, quick_stages
 
 GOLD = {"vendor": "Maple Office Supply", "number": "INV-56125", "date": "2026-01-09", "total": 8689.87,
         "currency": "SEK"}
@@ -128,14 +128,7 @@ def test_a_model_that_learned_the_training_target_decodes_it_exactly(invoice_spe
 def test_extraction_pipeline_teacher_student_bulk(invoice_spec, tmp_path):
     """Teacher labels under the schema, the student trains on them and is gated, bulk writes JSON labels."""
     teacher = tiny_model(tmp_path / "teacher", REPO / "models" / "base", layers=2)
-    invoice_spec = short_values(invoice_spec, 4)
-    spec = invoice_spec.model_copy(update={
-        "label": invoice_spec.label.model_copy(update={"batch_size": 8}),
-        "ingest": invoice_spec.ingest.model_copy(update={"workers": 1}),
-        "models": invoice_spec.models.model_copy(update={"student": str(teacher)}),
-        "student": invoice_spec.student.model_copy(update={
-            "layers": 1, "sft": invoice_spec.student.sft.model_copy(update={"max_steps": 2, "batch_size": 4})}),
-    })
+    spec = quick_stages(short_values(invoice_spec, 4), teacher, layers=1)
     docs = ingest.ingest(spec, out=tmp_path / "ingest").path("documents")
     seeds = seed.import_seeds(spec, docs, out=tmp_path / "seed").path("seed_labels")
     labeled = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "label")

@@ -12,7 +12,7 @@ from distillery.inference import TransformersBackend
 from distillery.models import load_model, shallow_copy, tiny_model
 from distillery.prompts import render_prompt
 
-from conftest import REPO
+from conftest import REPO, quick_stages
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +135,10 @@ def test_promotion_gate_both_ways(clinical_spec):
 def labeled(clinical_spec, teacher, tmp_path):
     truth = synth.generate_clinical(tmp_path / "pdfs", 50, bad_every=0)
     synth.write_csv(synth.pick_seeds(truth, 2), tmp_path / "seeds.csv")
-    spec = clinical_spec.model_copy(update={
+    spec = quick_stages(clinical_spec.model_copy(update={
         "source": str(tmp_path / "pdfs"),
         "seeds": clinical_spec.seeds.model_copy(update={"path": str(tmp_path / "seeds.csv")}),
-        "label": clinical_spec.label.model_copy(update={"limit": 30, "batch_size": 8}),
-        "ingest": clinical_spec.ingest.model_copy(update={"workers": 1}),
-        "models": clinical_spec.models.model_copy(update={"student": str(teacher)}),
-        "student": clinical_spec.student.model_copy(update={
-            "layers": 2, "sft": clinical_spec.student.sft.model_copy(update={"max_steps": 2, "batch_size": 4})}),
-    })
+    }), teacher, layers=2, limit=30)
     docs = ingest.ingest(spec, out=tmp_path / "ingest").path("documents")
     seeds = seed.import_seeds(spec, docs, out=tmp_path / "seed").path("seed_labels")
     labels = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "label").path("machine_labels")
