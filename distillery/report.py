@@ -361,6 +361,14 @@ def section_accuracy(spec: TaskSpec, run: _Run) -> Raw:
     return Raw("".join(parts))
 
 
+def _component_columns(train, spec: TaskSpec) -> list[str]:
+    """`rewards/grader_<i>_<type>/mean` columns of a multi grader's components, in order."""
+    if spec.grader.type != "multi":
+        return []
+    return [c for c in train.columns if c.startswith("rewards/grader_") and c.endswith("/mean")
+            and c.split("/")[1].split("_")[1].isdigit() and train[c].notna().any()]
+
+
 def section_reward_curve(spec: TaskSpec, run: _Run) -> Raw:
     from matplotlib.ticker import MaxNLocator
 
@@ -379,6 +387,8 @@ def section_reward_curve(spec: TaskSpec, run: _Run) -> Raw:
             ax.fill_between(train["step"], (train["reward"] - train["reward_std"]).clip(0, 1),
                             (train["reward"] + train["reward_std"]).clip(0, 1), color="#1f77b4", alpha=0.15,
                             label="± group std")
+    for column in _component_columns(train, spec):  # a multi grader: each component's reward, logged only
+        ax.plot(train["step"], train[column], "--", lw=1, label=column.split("/")[1].split("_", 2)[-1] + " (component)")
     rows, best = [], None
     if "mean_reward" in val and val["mean_reward"].notna().any():
         ax.plot(val["step"], val["mean_reward"], "o-", color="#d62728", label="validation mean reward")

@@ -38,6 +38,24 @@ def reward_function(spec: TaskSpec, *, prefilled: bool):
     return reward
 
 
+def component_rewards(spec: TaskSpec, *, prefilled: bool) -> list:
+    """For a `multi` grader, one TRL reward function per component, named after it: trained with
+    weight 0 (the total comes from `reward_function`, whose renormalization over the components that
+    could grade stays exact), so they only log `rewards/<name>/mean` per step, the reward per grader."""
+    if spec.grader.type != "multi":
+        return []
+    funcs = []
+    for i, component in enumerate(spec.grader.components):
+        grader = build_grader(component["grader"], spec)
+
+        def reward(prompts, completions, answer, _grader=grader, **_) -> list[float | None]:
+            return [_grader(parse_answer(c, spec, prefilled=prefilled), g).score for c, g in zip(completions, answer)]
+
+        reward.__name__ = f"grader_{i}_{component['grader'].get('type', 'unknown')}"
+        funcs.append(reward)
+    return funcs
+
+
 def evaluate_labeling(spec: TaskSpec, backend, items: list[dict]) -> tuple[pd.DataFrame, dict]:
     """Graded rows and metrics of a model answering as the labeling stage makes it answer (the label
     set scored under the schema, or generation and the one parser), so that selection, the reported
@@ -125,6 +143,8 @@ def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], ou
     gpu = device() == "cuda"
     tokenizer = load_tokenizer(str(start))
     prefilled = not spec.teacher.reasoning
+    logged = [] if reward is not None else component_rewards(spec, prefilled=prefilled)
+    reward_funcs = [reward or reward_function(spec, prefilled=prefilled), *logged]
     data = Dataset.from_list([{"prompt": render_prompt(it["text"], spec, tokenizer, reasoning=not prefilled),
                                "answer": it["answer"]} for it in train])
     args = GRPOConfig(
@@ -132,6 +152,7 @@ def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], ou
         per_device_train_batch_size=cfg.num_generations, gradient_accumulation_steps=cfg.prompts_per_step,
         num_generations=cfg.num_generations, temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length, beta=cfg.beta, loss_type=cfg.loss_type,
+        reward_weights=[1.0] + [0.0] * len(logged),
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[],
         seed=spec.seed, use_cpu=not gpu, bf16=gpu, disable_tqdm=True, use_vllm=vllm_available(),
         vllm_mode="colocate", activation_checkpointing=False,  # small models: memory is not the limit
@@ -144,7 +165,7 @@ def run_grpo(spec: TaskSpec, start: Path, train: list[dict], val: list[dict], ou
     history: list[dict] = []
     model, _ = load_model(str(start), for_training=True)
     trainer_class = SharedPromptGRPOTrainer if cfg.shared_prompt else GRPOTrainer
-    trainer = trainer_class(model=model, reward_funcs=[reward or reward_function(spec, prefilled=prefilled)], args=args,
+    trainer = trainer_class(model=model, reward_funcs=reward_funcs, args=args,
                           train_dataset=data, processing_class=tokenizer, peft_config=peft_config,
                           callbacks=[_eval_callback(spec, val, out, history)])
     trainer.train()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from trl import GRPOTrainer
@@ -287,3 +288,29 @@ def test_grpo_keeps_the_top_k_checkpoints_on_validation_and_writes_metrics(tiny_
     assert (tmp_path / "best" / "model.safetensors").exists()
     train = steps[steps["split"] == "train"]
     assert len(train) == 3 and {"reward", "frac_reward_zero_std", "step_time"} <= set(train.columns)
+
+
+def test_a_multi_grader_logs_the_reward_of_each_component(tiny_path, tmp_path, clinical_spec):
+    import shutil
+
+    from distillery import synth
+    from distillery.rft import run_grpo
+    from distillery.spec import GraderSpec
+
+    length = tmp_path / "length.py"  # credit a random tiny model's answers earn: their length
+    length.write_text("def grade(sample, item):\n    return min(1.0, len(sample['output_text'] or '') / 40)\n")
+    grader = GraderSpec(type="multi", components=[{"grader": {"type": "ranked"}, "weight": 3.0},
+                                                  {"grader": {"type": "python", "path": str(length)}, "weight": 1.0}])
+    grpo_cfg = {"steps": 2, "num_generations": 4, "max_completion_length": 6, "eval_interval": 2, "patience": 10,
+                "learning_rate": 1e-3, "temperature": 1.5}
+    spec = clinical_spec.model_copy(update={"grader": grader, "teacher": clinical_spec.teacher.model_copy(
+        update={"grpo": clinical_spec.teacher.grpo.model_copy(update=grpo_cfg)})})
+    items = [{"sha256": str(i), "text": " ".join(synth.make_case(i).findings), "answer": synth.make_case(i).label}
+             for i in range(4)]
+    shutil.copytree(tiny_path, tmp_path / "start")
+    steps, _ = run_grpo(spec, tmp_path / "start", items, items, tmp_path)
+    train = steps[steps["split"] == "train"]
+    ranked, length = train["rewards/grader_0_ranked/mean"], train["rewards/grader_1_python/mean"]
+    assert (length > 0).all()
+    # the trained reward is the multi grader's weighted total; the components are only logged
+    assert np.allclose(train["reward"], (3 * ranked + length) / 4, atol=1e-5)

@@ -296,3 +296,17 @@ def test_cli_rebuilds_the_latest_run_from_the_catalog(clinical_spec, run_results
 def test_cli_without_a_catalog_fails_cleanly(capsys):
     assert report.main([CLINICAL_YAML]) == 2
     assert "no completed runs" in capsys.readouterr().err
+
+
+def test_a_multi_graders_components_are_found_in_the_step_metrics(clinical_spec):
+    import pandas as pd
+
+    from distillery.report import _component_columns
+    from distillery.spec import GraderSpec
+
+    train = pd.DataFrame({"reward": [0.5], "rewards/grader_multi/mean": [0.5], "rewards/grader_0_ranked/mean": [0.4],
+                          "rewards/grader_1_python/mean": [0.8], "rewards/grader_1_python/std": [0.1]})
+    multi = clinical_spec.model_copy(update={"grader": GraderSpec(type="multi", components=[
+        {"grader": {"type": "ranked"}}, {"grader": {"type": "python", "path": "x.py"}}])})
+    assert _component_columns(train, multi) == ["rewards/grader_0_ranked/mean", "rewards/grader_1_python/mean"]
+    assert _component_columns(train, clinical_spec) == []
