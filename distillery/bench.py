@@ -381,19 +381,31 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
                                 "seconds": warm["seconds"],
                                 "seeds": len(sft_items)}
         arms = {}
+        # Every validation checkpoint of the RFT arm is kept and scored on the documents too: the
+        # held-out reward by GRPO step, reported beside the validation curve and never used to select.
+        evaluations = cfg.grpo.steps // cfg.grpo.eval_interval + 2
+        curve_spec = spec.model_copy(update={"teacher": cfg.model_copy(update={
+            "grpo": cfg.grpo.model_copy(update={"keep": max(cfg.grpo.keep, evaluations)})})})
         for name, reward in (("sft_then_rft", None), ("random_reward", random_reward(spec.seed))):
             out = work / name
             out.mkdir()
             shutil.copytree(work / "start", out / "start")
             started = time.perf_counter()
-            steps, history = run_grpo(spec, out / "start", grpo_items, val, out, reward=reward)
-            seconds = time.perf_counter() - started
+            steps, history = run_grpo(curve_spec if reward is None else spec, out / "start", grpo_items, val, out,
+                                      reward=reward)
+            seconds = time.perf_counter() - started  # includes writing the extra checkpoints (~1 s each)
             train_steps = steps[steps["split"] == "train"]
             best = max(history, key=lambda h: h["mean_reward"]) if history else {}
             arms[name] = {**evaluate(out / "best", name), "grpo_steps": int(len(train_steps)), "grpo_seconds": seconds,
                           "kept_step": best.get("step"), "validation_reward": best.get("mean_reward"),
+                          "validation_by_step": {int(h["step"]): h["mean_reward"] for h in history},
                           "frac_reward_zero_std": float(train_steps["frac_reward_zero_std"].mean())
-                          if "frac_reward_zero_std" in train_steps else None}
+                          if "frac_reward_zero_std" in train_steps else None,
+                          "train_reward_by_step": {int(r["step"]): float(r["reward"]) for _, r in train_steps.iterrows()}}
+            if reward is None:
+                checkpoints = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+                arms[name]["heldout_by_step"] = {int(p.name[5:]): evaluate(p, f"{name}@{p.name}")["mean_reward"]
+                                                 for p in checkpoints}
             shutil.rmtree(out)
         rl = arms["sft_then_rft"]
         total = warm["seconds"] + rl["grpo_seconds"]
