@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SPEC ?= data/demo/clinical.yaml
 PROFILE ?= demo
+SAMPLING_SEEDS ?= 0,1,2
 N ?= 1300
 export PREFECT_HOME := $(CURDIR)/data/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -108,8 +109,8 @@ bench-student: ## base, teacher and student: top-1 and docs/s on the same docume
 	$(PY) -m distillery.bench student --spec $(SPEC) --profile $(PROFILE) $(if $(LAYERS),--layers $(LAYERS) --label-docs $(or $(LABEL_DOCS),1000))
 
 .PHONY: bench-rft
-bench-rft: ## base vs SFT vs SFT+GRPO vs random-reward GRPO on 300 fresh documents -> data/bench/rft.json
-	$(PY) -m distillery.bench rft --spec $(SPEC) --profile $(PROFILE)
+bench-rft: ## base vs SFT vs SFT+GRPO (3 sampling seeds) vs random-reward GRPO on 300 fresh documents -> data/bench/rft.json
+	$(PY) -m distillery.bench rft --spec $(SPEC) --profile $(PROFILE) --sampling-seeds $(SAMPLING_SEEDS)
 
 .PHONY: bench-grpo-step
 bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the demo sizes -> data/bench/grpo_step.json

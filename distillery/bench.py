@@ -325,7 +325,8 @@ def _train_shallow_student(spec, teacher: str, base: str, work: Path, layers: in
                                    "sft": cfg.model_dump(), "train": trained}
 
 
-def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int | None = None) -> dict:
+def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int | None = None,
+        sampling_seeds: list[int] | None = None) -> dict:
     """Does RL on the seeds beat plain SFT on the same seeds? Four arms, one run, fresh documents.
 
     - base: the base model;
@@ -381,32 +382,39 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
                                 "seconds": warm["seconds"],
                                 "seeds": len(sft_items)}
         arms = {}
-        # Every validation checkpoint of the RFT arm is kept and scored on the documents too: the
+        # Every validation checkpoint of an RFT arm is kept and scored on the documents too: the
         # held-out reward by GRPO step, reported beside the validation curve and never used to select.
         evaluations = cfg.grpo.steps // cfg.grpo.eval_interval + 2
         curve_spec = spec.model_copy(update={"teacher": cfg.model_copy(update={
             "grpo": cfg.grpo.model_copy(update={"keep": max(cfg.grpo.keep, evaluations)})})})
-        for name, reward in (("sft_then_rft", None), ("random_reward", random_reward(spec.seed))):
+
+        def grpo_arm(name: str, run_spec, reward=None) -> dict:
             out = work / name
             out.mkdir()
             shutil.copytree(work / "start", out / "start")
             started = time.perf_counter()
-            steps, history = run_grpo(curve_spec if reward is None else spec, out / "start", grpo_items, val, out,
-                                      reward=reward)
+            steps, history = run_grpo(run_spec, out / "start", grpo_items, val, out, reward=reward)
             seconds = time.perf_counter() - started  # includes writing the extra checkpoints (~1 s each)
             train_steps = steps[steps["split"] == "train"]
             best = max(history, key=lambda h: h["mean_reward"]) if history else {}
-            arms[name] = {**evaluate(out / "best", name), "grpo_steps": int(len(train_steps)), "grpo_seconds": seconds,
-                          "kept_step": best.get("step"), "validation_reward": best.get("mean_reward"),
-                          "validation_by_step": {int(h["step"]): h["mean_reward"] for h in history},
-                          "frac_reward_zero_std": float(train_steps["frac_reward_zero_std"].mean())
-                          if "frac_reward_zero_std" in train_steps else None,
-                          "train_reward_by_step": {int(r["step"]): float(r["reward"]) for _, r in train_steps.iterrows()}}
+            arm = {**evaluate(out / "best", name), "grpo_steps": int(len(train_steps)), "grpo_seconds": seconds,
+                   "kept_step": best.get("step"), "validation_reward": best.get("mean_reward"),
+                   "validation_by_step": {int(h["step"]): h["mean_reward"] for h in history},
+                   "frac_reward_zero_std": float(train_steps["frac_reward_zero_std"].mean())
+                   if "frac_reward_zero_std" in train_steps else None,
+                   "train_reward_by_step": {int(r["step"]): float(r["reward"]) for _, r in train_steps.iterrows()}}
             if reward is None:
                 checkpoints = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
-                arms[name]["heldout_by_step"] = {int(p.name[5:]): evaluate(p, f"{name}@{p.name}")["mean_reward"]
-                                                 for p in checkpoints}
+                arm["heldout_by_step"] = {int(p.name[5:]): evaluate(p, f"{name}@{p.name}")["mean_reward"]
+                                          for p in checkpoints}
             shutil.rmtree(out)
+            return arm
+
+        arms["sft_then_rft"] = grpo_arm("sft_then_rft", curve_spec)
+        arms["random_reward"] = grpo_arm("random_reward", spec, random_reward(spec.seed))
+        # The same recipe from the same warm start with other sampling seeds: how much of the gain is the draw.
+        reruns = {seed: grpo_arm(f"sft_then_rft@seed{seed}", curve_spec.model_copy(update={"seed": seed}))
+                  for seed in sampling_seeds or [] if seed != spec.seed}
         rl = arms["sft_then_rft"]
         total = warm["seconds"] + rl["grpo_seconds"]
         sft_steps = max(1, round(total / (warm["seconds"] / warm["steps"])))
@@ -428,6 +436,15 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
              "rft_minus_random": ("sft_then_rft", "random_reward"),
              "rft_minus_base": ("sft_then_rft", "base")}
     paired = {name: paired_difference(scores[a], scores[b]) for name, (a, b) in pairs.items()}
+    if reruns:
+        draws = {spec.seed: rl, **reruns}
+        result["sft_then_rft_by_sampling_seed"] = {
+            seed: {"mean_reward": arm["mean_reward"], "top1": arm["top1"], "kept_step": arm["kept_step"],
+                   "heldout_by_step": arm["heldout_by_step"],
+                   "minus_sft_seeds": paired_difference(scores["sft_then_rft" if seed == spec.seed
+                                                               else f"sft_then_rft@seed{seed}"], scores["sft_seeds"])}
+            for seed, arm in draws.items()}
+        result["sft_then_rft_sampling_seed_mean"] = sum(a["mean_reward"] for a in draws.values()) / len(draws)
     targets = {  # the acceptance of the RFT issues, as measured here
         "rft>=base+0.15": gains["rft_minus_base"] >= 0.15,
         "rft>=sft_seeds": gains["rft_minus_sft_seeds"] >= 0,
@@ -475,6 +492,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None,
                     help="student: also train a student of this many layers on the teacher's labels of --label-docs")
     ap.add_argument("--label-docs", type=int, default=1000, help="student: fresh documents the teacher labels")
+    ap.add_argument("--sampling-seeds", default="",
+                    help="rft: comma-separated seeds; the RFT arm is rerun from the same warm start with each")
     ap.add_argument("--grpo-steps", type=int, default=None, help="rft: GRPO steps (default: the spec's)")
     ap.add_argument("--model", default=None,
                     help="bulk, adversarial: the labeling model (default: the promoted student)")
@@ -493,7 +512,8 @@ def main() -> None:
     elif args.name == "bulk":
         result = bulk(args.spec, args.profile, args.docs, model=args.model)
     else:
-        result = rft(args.spec, args.profile, grpo_steps=args.grpo_steps)
+        result = rft(args.spec, args.profile, grpo_steps=args.grpo_steps,
+                     sampling_seeds=[int(x) for x in args.sampling_seeds.split(",")] if args.sampling_seeds else None)
     name = args.name if args.profile == "demo" else f"{args.name}-{args.profile}"  # other profiles keep theirs apart
     path = lake.write_json(result, Path(args.out) / f"{name}.json")
     shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if not isinstance(v, (dict, list))}
