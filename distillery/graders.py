@@ -286,6 +286,13 @@ def build_grader(cfg: GraderSpec | dict, spec: TaskSpec) -> Grader:
     return multi
 
 
+def component_names(cfg: GraderSpec) -> list[str]:
+    """Names of a `multi` grader's components, `grader_<i>_<type>` (the reward names GRPO logs)."""
+    if cfg.type != "multi":
+        return []
+    return [f"grader_{i}_{c['grader'].get('type', 'unknown')}" for i, c in enumerate(cfg.components)]
+
+
 def grade_gold(gold: Any, spec: TaskSpec) -> Any:
     """Normalise a gold answer from a seed row: a label for classification, a dict for extraction."""
     if isinstance(spec.output, ExtractionOutput):

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping
 
 from distillery import lake
 from distillery.evaluate import COVERAGES, calibration
+from distillery.graders import component_names
 from distillery.spec import ClassificationOutput, ExtractionOutput, TaskSpec
 
 SECTIONS = ("summary", "accuracy", "reward-curve", "confusion", "calibration", "throughput", "lineage")
@@ -362,11 +363,9 @@ def section_accuracy(spec: TaskSpec, run: _Run) -> Raw:
 
 
 def _component_columns(train, spec: TaskSpec) -> list[str]:
-    """`rewards/grader_<i>_<type>/mean` columns of a multi grader's components, in order."""
-    if spec.grader.type != "multi":
-        return []
-    return [c for c in train.columns if c.startswith("rewards/grader_") and c.endswith("/mean")
-            and c.split("/")[1].split("_")[1].isdigit() and train[c].notna().any()]
+    """The step-metric columns of a multi grader's components (`rewards/<name>/mean`), in order."""
+    columns = [f"rewards/{name}/mean" for name in component_names(spec.grader)]
+    return [c for c in columns if c in train and train[c].notna().any()]
 
 
 def section_reward_curve(spec: TaskSpec, run: _Run) -> Raw:
@@ -388,7 +387,7 @@ def section_reward_curve(spec: TaskSpec, run: _Run) -> Raw:
                             (train["reward"] + train["reward_std"]).clip(0, 1), color="#1f77b4", alpha=0.15,
                             label="± group std")
     for column in _component_columns(train, spec):  # a multi grader: each component's reward, logged only
-        ax.plot(train["step"], train[column], "--", lw=1, label=column.split("/")[1].split("_", 2)[-1] + " (component)")
+        ax.plot(train["step"], train[column], "--", lw=1, label=column.split("/")[1] + " (component)")
     rows, best = [], None
     if "mean_reward" in val and val["mean_reward"].notna().any():
         ax.plot(val["step"], val["mean_reward"], "o-", color="#d62728", label="validation mean reward")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from distillery import lake
 from distillery.evaluate import seed_items, summarize
-from distillery.graders import build_grader
+from distillery.graders import build_grader, component_names
 from distillery.inference import TransformersBackend, vllm_available
 from distillery.models import device, load_model, load_tokenizer
 from distillery.prompts import parse_answer, render_prompt
@@ -27,33 +27,29 @@ from distillery.sft import answer_examples, train_sft
 from distillery.spec import TaskSpec
 
 
-def reward_function(spec: TaskSpec, *, prefilled: bool):
-    """A TRL reward function: the spec's grader over completions, gold from the `answer` column."""
-    grader = build_grader(spec.grader, spec)
+def _grader_reward(grader, spec: TaskSpec, name: str, *, prefilled: bool, missing: float | None):
+    """A TRL reward function: `grader` over the parsed completions, gold from the `answer` column; an
+    answer the grader cannot score gets `missing`."""
+    def reward(prompts, completions, answer, **_) -> list[float | None]:
+        scores = (grader(parse_answer(c, spec, prefilled=prefilled), g).score for c, g in zip(completions, answer))
+        return [missing if s is None else s for s in scores]
 
-    def reward(prompts, completions, answer, **_) -> list[float]:
-        return [grader(parse_answer(c, spec, prefilled=prefilled), g).score or 0.0 for c, g in zip(completions, answer)]
-
-    reward.__name__ = f"grader_{spec.grader.type}"
+    reward.__name__ = name
     return reward
 
 
+def reward_function(spec: TaskSpec, *, prefilled: bool):
+    """The spec's grader as the reward GRPO trains on (an answer it cannot score earns 0)."""
+    return _grader_reward(build_grader(spec.grader, spec), spec, f"grader_{spec.grader.type}",
+                          prefilled=prefilled, missing=0.0)
+
+
 def component_rewards(spec: TaskSpec, *, prefilled: bool) -> list:
-    """For a `multi` grader, one TRL reward function per component, named after it: trained with
-    weight 0 (the total comes from `reward_function`, whose renormalization over the components that
-    could grade stays exact), so they only log `rewards/<name>/mean` per step, the reward per grader."""
-    if spec.grader.type != "multi":
-        return []
-    funcs = []
-    for i, component in enumerate(spec.grader.components):
-        grader = build_grader(component["grader"], spec)
-
-        def reward(prompts, completions, answer, _grader=grader, **_) -> list[float | None]:
-            return [_grader(parse_answer(c, spec, prefilled=prefilled), g).score for c, g in zip(completions, answer)]
-
-        reward.__name__ = f"grader_{i}_{component['grader'].get('type', 'unknown')}"
-        funcs.append(reward)
-    return funcs
+    """For a `multi` grader, one reward function per component, named by `component_names`: trained
+    with weight 0 (the total comes from `reward_function`, whose renormalization over the components
+    that could grade stays exact), so they only log `rewards/<name>/mean` per step, the reward per grader."""
+    return [_grader_reward(build_grader(component["grader"], spec), spec, name, prefilled=prefilled, missing=None)
+            for component, name in zip(spec.grader.components, component_names(spec.grader))]
 
 
 def evaluate_labeling(spec: TaskSpec, backend, items: list[dict]) -> tuple[pd.DataFrame, dict]:
