@@ -76,7 +76,7 @@ def adversarial(spec_path: str, n: int = 40, student: str | None = None) -> dict
     (`teacher`), each on the same attacked and clean reports, each answering as its stage does.
     """
     from distillery.inference import TransformersBackend
-    from distillery.sft import score_answers
+    from distillery.answer import score_answers
     from distillery.spec import load_spec
 
     spec = load_spec(spec_path)
@@ -158,9 +158,10 @@ def label(spec_path: str, docs: int = 64, profile: str = "demo", truth: str = "d
 
     from distillery.evaluate import calibration
     from distillery.inference import TransformersBackend
-    from distillery.label import evaluate_labels, label_rows, pick_documents
+    from distillery.answer import evaluate_labels, label_rows
+    from distillery.label import pick_documents
     from distillery.prompts import parse_answer, render_prompt
-    from distillery.sft import first_token_scoring
+    from distillery.answer import first_token_scoring
     from distillery.spec import load_spec
 
     spec = load_spec(spec_path, profile=profile)
@@ -256,7 +257,7 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300, layers: int
 
     from distillery.evaluate import grade_items, summarize
     from distillery.inference import TransformersBackend
-    from distillery.sft import first_token_scoring, score_answers
+    from distillery.answer import first_token_scoring, score_answers
     from distillery.spec import load_spec
 
     spec = load_spec(spec_path, profile=profile)
@@ -303,9 +304,10 @@ def _train_shallow_student(spec, teacher: str, base: str, work: Path, layers: in
                            epochs: float, learning_rate: float) -> tuple[str, dict]:
     """The teacher labels `label_docs` fresh documents; a `layers`-deep student trains on its labels."""
     from distillery.inference import TransformersBackend
-    from distillery.label import label_rows
+    from distillery.answer import label_rows
     from distillery.models import load_tokenizer, shallow_copy
-    from distillery.sft import answer_examples, train_sft
+    from distillery.answer import answer_examples
+    from distillery.sft import train_sft
     from distillery.spec import SFTSpec
 
     pool = fresh_items(label_docs, start=300_000)
@@ -346,8 +348,9 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
     from distillery.evaluate import grade_items, paired_difference, seed_items, summarize
     from distillery.inference import TransformersBackend
     from distillery.models import load_tokenizer
-    from distillery.rft import random_reward, run_grpo, split_for_grpo
-    from distillery.sft import answer_examples, score_answers, train_sft
+    from distillery.teacher import random_reward, run_grpo, split_for_grpo
+    from distillery.answer import answer_examples, score_answers
+    from distillery.sft import train_sft
     from distillery.spec import load_spec
 
     spec = load_spec(spec_path, profile=profile)

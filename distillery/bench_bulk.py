@@ -116,7 +116,7 @@ def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path = 
 
     from distillery import bulk
     from distillery.inference import TransformersBackend
-    from distillery.sft import score_answers
+    from distillery.answer import score_answers
     from distillery.spec import load_spec
 
     wall = time.perf_counter()

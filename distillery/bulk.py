@@ -23,11 +23,11 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from distillery import ingest, lake, pdf
+from distillery import lake, pdf, sources
 from distillery.errors import DistilleryError
-from distillery.ingest import list_pdfs
+from distillery.sources import list_pdfs
 from distillery.inference import TransformersBackend
-from distillery.sft import score_answers
+from distillery.answer import score_answers
 from distillery.spec import TaskSpec
 
 LABEL_SCHEMA = pa.schema([
@@ -141,13 +141,13 @@ def bulk_label(spec: TaskSpec, student: Path, *, out: Path, relabel: bool = Fals
     started = time.perf_counter()
     run_id = run_id or lake.new_run_id("bulk")
     cfg = spec.bulk
-    source = source or ingest.resolve_source(spec, cfg.source)
+    source = source or sources.resolve_source(spec, cfg.source)
     engine = engine or cfg.engine
     model_id = f"{student}@{lake.hash_model(student)}"
     meta = {"task": spec.name, "run_id": run_id, "stage": "bulk"}
     with exclusive(out):
         seen = _seen(out, model_id, relabel)
-        total = ingest.count_pdfs(source, COUNT_LIMIT) if progress else None
+        total = sources.count_pdfs(source, COUNT_LIMIT) if progress else None
         bar = _progress(progress, total, engine)
         run = _Run(out, run_id, cfg.shard_size, seen, bar)
         items = run.listed(_items(source))
@@ -176,8 +176,8 @@ def bulk_label(spec: TaskSpec, student: Path, *, out: Path, relabel: bool = Fals
 def _items(source: str) -> Iterator[pdf.Item]:
     """The source's files as extraction items; a process-local filesystem's bytes are read here."""
     paths = list_pdfs(source)
-    if ingest.process_local(source):
-        return ((p, ingest.read_bytes(p)) for p in paths)
+    if sources.process_local(source):
+        return ((p, sources.read_bytes(p)) for p in paths)
     return paths
 
 

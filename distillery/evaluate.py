@@ -30,6 +30,12 @@ def seed_items(spec: TaskSpec, seeds, documents, split: str, limit: int | None =
     return items[:limit] if limit else items
 
 
+def stable_slice(items: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """(rest, slice): the `n` items first by content hash, kept apart; the same whatever the input order."""
+    held = {it["sha256"] for it in sorted(items, key=lambda it: it["sha256"])[:n]}
+    return [it for it in items if it["sha256"] not in held], [it for it in items if it["sha256"] in held]
+
+
 def is_top1(answer: Answer, gold, score: float | None) -> bool:
     if isinstance(gold, str):
         return answer.top == gold

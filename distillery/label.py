@@ -1,14 +1,11 @@
 """Stage 3, machine labels: the teacher labels documents that no expert labeled.
 
-Each document gets its raw output, reasoning, parsed answer, parse status and a confidence.
-Classification without reasoning (the CPU profile) is decoded under the schema, as vLLM's
-structured `choice` would: the label set is scored after the `Answer:` prefill in one pass (by
-each label's first token when they differ, `teacher.first_token`; else by every label's token
-sequence), the answer is the labels ranked by probability and the confidence is the top label's.
-Extraction without reasoning is decoded under the schema too (`constrained.decode`: the JSON
-skeleton forced, each value typed; confidence, the values' geometric mean token probability).
-Otherwise (a reasoning teacher, or a backend without the constrained path) the teacher generates,
-and its output goes through the one parser; unparsable output is kept and marked `failed`, never dropped (confidence: the first answer item's probability).
+Each document gets its raw output, reasoning, parsed answer, parse status and a confidence, from
+the answering layer (`answer.label_rows`): without reasoning (the CPU profile) the answer is
+decoded under the schema (classification: the label set scored, confidence the top label's
+probability; extraction: the JSON skeleton forced, confidence the values' geometric mean token
+probability); otherwise the teacher generates and the one parser reads it (confidence: the first
+answer item's probability), and unparsable output is kept and marked `failed`, never dropped.
 Labels are written in shards as they finish, under `out/shards/`; a rerun after a crash labels
 only the documents no shard holds yet, so every document ends up exactly once.
 The same labeling path then labels the expert held-out seeds, which measures whether the
@@ -18,26 +15,41 @@ confidence can be trusted: expected calibration error and accuracy at 50/80/100%
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar, Mapping
 
 import pyarrow as pa
 
 from distillery import lake
-from distillery.evaluate import calibration, grade_items, seed_items, summarize
+from distillery.answer import LABEL_SCHEMA as SCHEMA, evaluate_labels, label_rows
+from distillery.evaluate import calibration, seed_items, summarize
 from distillery.inference import make_backend
-from distillery.prompts import format_answer, parse_answer, prompt_hash, render_prompt
-from distillery.sft import score_answers
-from distillery.spec import ClassificationOutput, TaskSpec
+from distillery.spec import TaskSpec
 
-SCHEMA = pa.schema([
-    ("sha256", pa.string()), ("raw_output", pa.string()), ("reasoning", pa.string()), ("answer", pa.string()),
-    ("parse_status", pa.string()), ("parse_error", pa.string()), ("confidence", pa.float64()),
-    ("model", pa.string()), ("prompt_hash", pa.string()), ("task", pa.string()), ("run_id", pa.string()),
-    ("stage", pa.string()),
-])
+
+@dataclass(frozen=True)
+class Inputs:
+    """What labeling reads: the teacher's model, the documents' text and the seed labels (seeded
+    documents are not machine-labeled; the held-out split measures the labels)."""
+
+    reads: ClassVar = ("teacher", "ingest", "seed")
+    teacher: Path
+    documents: Path
+    seed_labels: Path
+
+    @classmethod
+    def of(cls, results: Mapping[str, lake.StageResult]) -> "Inputs":
+        return cls(results["teacher"].path("model"), results["ingest"].path("documents"),
+                   results["seed"].path("seed_labels"))
+
+
+def run(spec: TaskSpec, inputs: Inputs, out: Path, *, run_id: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None) -> lake.StageResult:
+    """Machine-label the corpus with the teacher; `on_progress(done, total)` after every shard."""
+    return machine_label(spec, inputs.teacher, inputs.documents, inputs.seed_labels, out=out, run_id=run_id,
+                         on_progress=on_progress)
 
 
 def pick_documents(documents: Path, seeds: Path, limit: int) -> list[dict]:
@@ -52,43 +64,6 @@ def done_hashes(shards: Path) -> set[str]:
     if not shards.exists():
         return set()
     return {h for f in sorted(shards.glob("*.parquet")) for h in lake.read_table(f).column("sha256").to_pylist()}
-
-
-def constrained(spec: TaskSpec) -> bool:
-    """Without reasoning the answer is decoded under the schema: classification by scoring the label
-    set, extraction by forcing the JSON skeleton and typing each value (`constrained.decode`)."""
-    return not spec.teacher.reasoning
-
-
-def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
-    method = "score_labels" if isinstance(spec.output, ClassificationOutput) else "extract"
-    if constrained(spec) and hasattr(backend, method):
-        return _scored_rows(spec, backend, docs, model_id=model_id, run_id=run_id)
-    reasoning = spec.teacher.reasoning
-    prompts = [render_prompt(d["text"], spec, backend.tokenizer, reasoning=reasoning) for d in docs]
-    gens = backend.generate(prompts, max_new_tokens=spec.label.max_new_tokens, seed=spec.seed)
-    phash = prompt_hash(spec, reasoning)
-    rows = []
-    for doc, g in zip(docs, gens):
-        a = parse_answer(g[0].text, spec, prefilled=not reasoning)
-        value = a.ranked if isinstance(spec.output, ClassificationOutput) else a.value
-        rows.append({"sha256": doc["sha256"], "raw_output": g[0].text, "reasoning": a.reasoning,
-                     "answer": json.dumps(value) if a.ok else None, "parse_status": a.status, "parse_error": a.error,
-                     "confidence": g[0].confidence if a.ok else 0.0, "model": model_id, "prompt_hash": phash,
-                     "task": spec.name, "run_id": run_id, "stage": "label"})
-    return rows
-
-
-def _scored_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
-    """The teacher's answer under the schema: the label set ordered by P(label | prompt, `Answer:`),
-    or the JSON object decoded under the schema."""
-    answers, probs = score_answers(spec, backend, [d["text"] for d in docs])
-    phash = prompt_hash(spec, False)
-    values = [a.ranked if a.value is None else a.value for a in answers]
-    return [{"sha256": d["sha256"], "raw_output": format_answer(v), "reasoning": "", "answer": json.dumps(v),
-             "parse_status": "ok", "parse_error": "", "confidence": max(p),
-             "model": model_id, "prompt_hash": phash, "task": spec.name, "run_id": run_id, "stage": "label"}
-            for d, v, p in zip(docs, values, probs)]
 
 
 def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *, out: Path,
@@ -125,14 +100,6 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
                "label_eval": str(lake.write_parquet(evaluation.assign(task=spec.name, run_id=run_id, stage="label"),
                                                     out / "label_eval.parquet"))}
     return lake.StageResult("label", run_id, outputs, counts, metrics, time.perf_counter() - started)
-
-
-def evaluate_labels(spec: TaskSpec, backend, items: list[dict], *, model_id: str):
-    """Label expert-labeled items exactly as machine labels are made, and grade them (one row each)."""
-    rows = label_rows(spec, backend, items, model_id=model_id, run_id="") if items else []
-    prefilled = not spec.teacher.reasoning  # constrained labels are formatted as a prefilled answer too
-    answers = [parse_answer(r["raw_output"], spec, prefilled=prefilled) for r in rows]
-    return grade_items(spec, items, answers, [{"confidence": r["confidence"]} for r in rows])
 
 
 def heldout_metrics(rows) -> dict:

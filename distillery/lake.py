@@ -55,9 +55,47 @@ MIGRATIONS = [
 ]
 
 
-def home(path: str | Path | None = None) -> Path:
+def home(path: str | Path | Layout | None = None) -> Path:
     """The artifact root: argument, else $DISTILLERY_HOME, else ./data."""
+    if isinstance(path, Layout):
+        return path.root
     return Path(path or os.environ.get("DISTILLERY_HOME") or "data").resolve()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every artifact lives, under one root resolved once (`Layout.at()`) and passed down."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path | None = None) -> "Layout":
+        """The layout under `root`, else $DISTILLERY_HOME, else ./data."""
+        return cls(home(root))
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def bench(self) -> Path:
+        return self.root / "bench"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def stage_dir(self, task: str, stage: str, key: str) -> Path:
+        """A stage's output folder: its cache key names it, so it is known before the stage runs."""
+        return self.lake / task / stage / key
+
+    def bulk_dir(self, task: str) -> Path:
+        """Bulk labels accumulate in one folder per task (shards committed through a manifest)."""
+        return self.lake / task / "bulk"
 
 
 def now() -> datetime:
@@ -120,10 +158,6 @@ class StageResult:
         return Path(self.outputs[name])
 
 
-def stage_dir(root: Path, task: str, stage: str, key: str) -> Path:
-    return root / "lake" / task / stage / key
-
-
 def write_parquet(table: pa.Table | Any, path: str | Path) -> Path:
     """Write a table (pyarrow or pandas) atomically: temporary name in the same folder, then rename."""
     path = Path(path)
@@ -183,7 +217,7 @@ def _migrate(con) -> None:
 
 
 @contextmanager
-def catalog(root: Path | None = None, *, read_only: bool = False):
+def catalog(root: Path | Layout | None = None, *, read_only: bool = False):
     """A DuckDB connection to the catalog; writers hold the lock for the connection's life."""
     import duckdb
 
@@ -244,37 +278,52 @@ def record_model(root: Path, task: str, role: str, path: str, cache_key: str, me
 
 def read_table(paths: str | Path | list) -> pa.Table:
     if isinstance(paths, (str, Path)):
-        p = Path(paths)
-        paths = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+        paths = files(paths)
     tables = [pq.read_table(p) for p in paths]
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
-def promoted_model(root: Path, task: str, role: str = "student") -> tuple[str, str] | None:
-    """(path, cache key) of the latest promoted model of a role for a task (None when there is none)."""
-    if not (home(root) / "catalog.duckdb").exists():
-        return None
+def query(root: Path | Layout | None, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows of a read-only catalog query; no rows when there is no catalog yet."""
+    path = home(root) / "catalog.duckdb"
+    if not path.exists():
+        return []
     with catalog(root, read_only=True) as con:
-        row = con.execute("SELECT path, cache_key FROM models WHERE task = ? AND role = ? AND promoted "
-                          "ORDER BY created_at DESC LIMIT 1", [task, role]).fetchone()
-    return (row[0], row[1]) if row else None
+        return con.execute(sql, params or []).fetchall()
 
 
-def current_model(root: Path, task: str, role: str = "student") -> str | None:
+def promoted_model(root: Path | Layout | None, task: str, role: str = "student") -> tuple[str, str] | None:
+    """(path, cache key) of the latest promoted model of a role for a task (None when there is none)."""
+    rows = query(root, "SELECT path, cache_key FROM models WHERE task = ? AND role = ? AND promoted "
+                       "ORDER BY created_at DESC LIMIT 1", [task, role])
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def current_model(root: Path | Layout | None, task: str, role: str = "student") -> str | None:
     """The latest promoted model's path (None when there is none)."""
     found = promoted_model(root, task, role)
     return found[0] if found else None
 
 
-def latest_outputs(root: Path, task: str, stage: str) -> dict[str, str] | None:
-    """The outputs of the latest completed run of a stage whose files still exist (None if none)."""
-    if not (home(root) / "catalog.duckdb").exists():
-        return None
-    with catalog(root, read_only=True) as con:
-        rows = con.execute("SELECT output_path FROM runs WHERE task = ? AND stage = ? AND status = 'completed' "
-                           "ORDER BY finished_at DESC", [task, stage]).fetchall()
-    for (outputs,) in rows:
+def latest(root: Path | Layout | None, task: str, stage: str) -> StageResult | None:
+    """The latest completed run of a stage whose output files still exist (None if none): how a stage,
+    the report, the benchmarks and the CLI find an earlier stage's outputs by name."""
+    rows = query(root, "SELECT run_id, output_path, counts, metrics, cache_key FROM runs WHERE task = ? AND stage = ? "
+                       "AND status = 'completed' ORDER BY finished_at DESC", [task, stage])
+    for run_id, outputs, counts, metrics, key in rows:
         outputs = json.loads(outputs)
         if all(Path(p).exists() for p in outputs.values()):
-            return outputs
+            return StageResult(stage, run_id, outputs, json.loads(counts or "{}"), json.loads(metrics or "{}"), key=key)
     return None
+
+
+def latest_outputs(root: Path | Layout | None, task: str, stage: str) -> dict[str, str] | None:
+    """The outputs of `latest` (None if none)."""
+    found = latest(root, task, stage)
+    return found.outputs if found else None
+
+
+def files(path: str | Path) -> list[Path]:
+    """An output's Parquet files: the file itself, or a folder's `*.parquet` in name order."""
+    p = Path(path)
+    return sorted(p.glob("*.parquet")) if p.is_dir() else [p]

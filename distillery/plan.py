@@ -48,7 +48,7 @@ def _runs(root: Path, task: str) -> dict[str, dict]:
 
 
 def count_documents(spec: TaskSpec, source: str | None) -> int:
-    from distillery.ingest import list_pdfs
+    from distillery.sources import list_pdfs
 
     return sum(1 for _ in list_pdfs(spec.path(source or spec.bulk.source)))
 

@@ -146,7 +146,7 @@ def catalog_run(task: str, root: str | Path | None = None) -> tuple[dict[str, la
         row = chosen.get(stage)
         if row is None:
             continue
-        folder = lake.stage_dir(root, task, stage, row["cache_key"])
+        folder = lake.Layout(root).stage_dir(task, stage, row["cache_key"])
         if stage != "bulk" and lake.is_done(folder):
             results[stage] = lake.read_done(folder)
         else:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -130,6 +132,23 @@ def split_seeds(rows: pd.DataFrame, spec: TaskSpec) -> list[str]:
         for j, k in enumerate(idx):
             split[k] = "heldout" if j < n_held else "validation" if j < n_held + n_val else "train"
     return split
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the seed stage reads: the ingested documents (the seed file is the spec's `seeds.path`)."""
+
+    reads: ClassVar = ("ingest",)
+    documents: Path
+
+    @classmethod
+    def of(cls, results: Mapping[str, lake.StageResult]) -> "Inputs":
+        return cls(results["ingest"].path("documents"))
+
+
+def run(spec: TaskSpec, inputs: Inputs, out: Path, *, run_id: str | None = None) -> lake.StageResult:
+    """Validate the expert's seed file against the documents and split it train/validation/held-out."""
+    return import_seeds(spec, inputs.documents, out=out, run_id=run_id)
 
 
 def import_seeds(spec: TaskSpec, documents: Path, *, out: Path, run_id: str | None = None) -> lake.StageResult:

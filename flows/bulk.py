@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 
 from distillery import lake
 from distillery.errors import StageInputMissing
+from distillery.lake import Layout
 from distillery.spec import load_spec
 from tasks.stages import label_inbox
 
@@ -22,10 +23,11 @@ from tasks.stages import label_inbox
 def bulk(spec_path: str = "data/demo/clinical.yaml", profile: str | None = "demo", source: str | None = None,
          relabel: bool = False, engine: str | None = None) -> dict:
     spec = load_spec(spec_path, profile)
-    student = lake.current_model(lake.home(), spec.name)
+    layout = Layout.at()
+    student = lake.current_model(layout, spec.name)
     if student is None:
         raise StageInputMissing("bulk", f"a promoted student for task {spec.name!r}", "make student")
-    result = label_inbox(spec, student, source=source, relabel=relabel, engine=engine)
+    result = label_inbox(spec, layout, student, source=source, relabel=relabel, engine=engine)
     get_run_logger().info("%s", result)
     return {"counts": result.counts, "outputs": result.outputs}
 

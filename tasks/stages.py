@@ -1,61 +1,67 @@
 """One thin Prefect task per stage: cache key, artifact path, catalog registration, Prefect artifact.
 
-A stage's cache key is the hash of its spec sections, its code version, the keys of the stages it
-reads (so a change flows downstream, Merkle-style) and the content hashes of its outside inputs
-(PDFs, seed file, base model). Its output folder is `lake/<task>/<stage>/<key>`: when that folder
-lost its `_SUCCESS` manifest the task runs with `refresh_cache`, so deleted outputs are rebuilt
-rather than reported Cached.
+A stage is a `Stage` record: the module whose `run(spec, inputs, out)` does the work, the code
+version and spec sections its cache key covers, and the catalog views it registers. What it reads
+is its module's `Inputs` (named stages, found by name among the results so far). The cache key is
+the hash of its spec sections, its version, the keys of the stages it reads (so a change flows
+downstream, Merkle-style) and the content hashes of its outside inputs (PDFs, seed file, base
+model). Its output folder is `lake/<task>/<stage>/<key>`: when that folder lost its `_SUCCESS`
+manifest the task runs with `refresh_cache`, so deleted outputs are rebuilt rather than reported Cached.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import Callable, Mapping
 
 from prefect import get_run_logger, task
-from prefect.tasks import exponential_backoff
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.tasks import exponential_backoff
 
-from distillery import bulk, ingest, label, lake, report, rft, seed, sft
+from distillery import bulk, ingest, label, lake, report, seed, sources, student, teacher
 from distillery.errors import TransientError
+from distillery.lake import Layout, StageResult
 from distillery.spec import TaskSpec
 
-# Bump a stage's version when its code changes what it produces.
-VERSIONS = {"ingest": 1, "seed": 1, "teacher": 3, "label": 3, "student": 2, "bulk": 2}
-SECTIONS = {"ingest": ("source", "ingest"), "seed": ("seeds", "output"),
-            "teacher": ("output", "prompts", "grader", "models", "teacher", "seed"),
-            "label": ("output", "prompts", "label", "teacher"), "student": ("output", "prompts", "models", "student", "seed"),
-            "bulk": ("bulk", "ingest", "prompts", "output")}
+
+@dataclass(frozen=True)
+class Stage:
+    """How the pipeline runs one stage, and what its cache key covers."""
+
+    name: str
+    module: ModuleType  # its `run(spec, inputs, out)` and `Inputs`
+    version: int  # bump when the stage's code changes what it produces
+    sections: tuple[str, ...]  # the spec sections its output depends on
+    views: tuple[str, ...] = ()  # catalog views over its outputs
+    outside: Callable[[TaskSpec], dict[str, str]] = field(default=lambda spec: {})  # content hashes of files it reads
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return self.module.Inputs.reads
 
 
-# What each stage reads, in the order its runner takes them.
-UPSTREAM = {"ingest": (), "seed": ("ingest",), "teacher": ("seed", "ingest"), "label": ("teacher", "ingest", "seed"),
-            "student": ("label", "seed", "ingest", "teacher")}
+INGEST = Stage("ingest", ingest, 1, ("source", "ingest"), ("documents", "quarantine"),
+               lambda spec: {"pdfs": sources.source_hash(spec.path(spec.source))})
+SEED = Stage("seed", seed, 1, ("seeds", "output"), ("seed_labels",),
+             lambda spec: {"seed_file": lake.hash_files([spec.path(spec.seeds.path)])})
+TEACHER = Stage("teacher", teacher, 3, ("output", "prompts", "grader", "models", "teacher", "seed"),
+                ("teacher_eval", "teacher_metrics"),
+                lambda spec: {"base_model": lake.hash_model(spec.path(spec.models.base))})
+LABEL = Stage("label", label, 3, ("output", "prompts", "label", "teacher"), ("machine_labels", "label_eval"))
+STUDENT = Stage("student", student, 2, ("output", "prompts", "models", "student", "seed"), ("student_eval",),
+                lambda spec: {"student_model": lake.hash_model(spec.path(spec.models.student))})
+STAGES = {s.name: s for s in (INGEST, SEED, TEACHER, LABEL, STUDENT)}
+BULK_VERSION, BULK_SECTIONS = 2, ("bulk", "ingest", "prompts", "output")
 
 
-def outside_inputs(stage: str, spec: TaskSpec) -> dict[str, str]:
-    if stage == "ingest":
-        return {"pdfs": ingest.source_hash(spec.path(spec.source))}
-    if stage == "seed":
-        return {"seed_file": lake.hash_files([spec.path(spec.seeds.path)])}
-    if stage == "teacher":
-        return {"base_model": lake.hash_model(spec.path(spec.models.base))}
-    if stage == "student":
-        return {"student_model": lake.hash_model(spec.path(spec.models.student))}
-    return {}
-
-
-def stage_key(stage: str, spec: TaskSpec, upstream: list[lake.StageResult]) -> tuple[str, dict]:
-    inputs = {**outside_inputs(stage, spec), **{u.stage: u.key for u in upstream}}
-    key = lake.hash_json([stage, VERSIONS[stage], spec.section_hash(*SECTIONS[stage]), inputs])
+def stage_key(stage: Stage, spec: TaskSpec, results: Mapping[str, StageResult]) -> tuple[str, dict]:
+    inputs = {**stage.outside(spec), **{name: results[name].key for name in stage.reads}}
+    key = lake.hash_json([stage.name, stage.version, spec.section_hash(*stage.sections), inputs])
     return key, inputs
-
-
-def _out_dir(stage: str, spec: TaskSpec, key: str) -> Path:
-    return lake.stage_dir(lake.home(), spec.name, stage, key)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -71,14 +77,15 @@ def _cache_key(context, parameters) -> str:
     return f"{parameters['spec'].name}-{parameters['stage']}-{parameters['key']}"
 
 
-def run_stage(stage: str, spec: TaskSpec, upstream: list[lake.StageResult], **call):
+def run_stage(stage: Stage, spec: TaskSpec, layout: Layout, results: Mapping[str, StageResult], **call):
     """Run a stage task; a cached result whose output folder is gone is recomputed, not reused.
 
     The key is computed once here (hashing the inputs can mean reading every PDF) and passed on.
     """
-    key, inputs = stage_key(stage, spec, upstream)
-    missing = not lake.is_done(_out_dir(stage, spec, key))
-    return stage_task.with_options(refresh_cache=missing)(stage, spec, upstream, key, inputs, **call)
+    key, inputs = stage_key(stage, spec, results)
+    missing = not lake.is_done(layout.stage_dir(spec.name, stage.name, key))
+    upstream = {name: results[name] for name in stage.reads}
+    return stage_task.with_options(refresh_cache=missing)(stage.name, spec, layout, upstream, key, inputs, **call)
 
 
 def progress_artifact(spec: TaskSpec, stage: str) -> Callable[[int, int], None]:
@@ -97,43 +104,26 @@ def progress_artifact(spec: TaskSpec, stage: str) -> Callable[[int, int], None]:
     return update
 
 
-RUNNERS: dict[str, Callable[..., lake.StageResult]] = {
-    "ingest": lambda spec, up, out: ingest.ingest(spec, out=out),
-    "seed": lambda spec, up, out: seed.import_seeds(spec, up[0].path("documents"), out=out),
-    "teacher": lambda spec, up, out: rft.train_teacher(spec, up[0].path("seed_labels"), up[1].path("documents"), out=out),
-    "label": lambda spec, up, out: label.machine_label(spec, up[0].path("model"), up[1].path("documents"),
-                                                       up[2].path("seed_labels"), out=out,
-                                                       on_progress=progress_artifact(spec, "label")),
-    "student": lambda spec, up, out: sft.train_student(spec, up[0].path("machine_labels"), up[1].path("seed_labels"),
-                                                       up[2].path("documents"), out=out,
-                                                       teacher_top1=up[3].metrics["teacher"]["top1"]),
-}
-VIEWS = {"ingest": ("documents", "quarantine"), "seed": ("seed_labels",), "teacher": ("teacher_eval", "teacher_metrics"),
-         "label": ("machine_labels", "label_eval"), "student": ("student_eval",)}
-
-
-def _files(path: str) -> list[str]:
-    p = Path(path)
-    return [str(f) for f in sorted(p.glob("*.parquet"))] if p.is_dir() else [str(p)]
-
-
 @task(cache_key_fn=_cache_key, persist_result=True, cache_expiration=timedelta(days=365),
       task_run_name="{stage}", **RETRY)
-def stage_task(stage: str, spec: TaskSpec, upstream: list[lake.StageResult], key: str, inputs: dict) -> lake.StageResult:
+def stage_task(stage: str, spec: TaskSpec, layout: Layout, upstream: dict[str, StageResult], key: str,
+               inputs: dict) -> StageResult:
     """Run one pipeline stage (or reuse its finished output) and register it in the catalog."""
     log = get_run_logger()
-    out = _out_dir(stage, spec, key)
+    record = STAGES[stage]
+    out = layout.stage_dir(spec.name, stage, key)
     if lake.is_done(out):
         log.info("%s: output %s already complete", stage, out)
         return lake.read_done(out)
     started = lake.now()
-    result = replace(RUNNERS[stage](spec, upstream, out), key=key)
-    views = {v: _files(result.outputs[v]) for v in VIEWS[stage]}
-    lake.register(lake.home(), spec.name, result, cache_key=key, config_hash=spec.section_hash(*SECTIONS[stage]),
+    hooks = {"on_progress": progress_artifact(spec, stage)} if stage == "label" else {}
+    result = replace(record.module.run(spec, record.module.Inputs.of(upstream), out, **hooks), key=key)
+    views = {v: [str(f) for f in lake.files(result.outputs[v])] for v in record.views}
+    lake.register(layout.root, spec.name, result, cache_key=key, config_hash=spec.section_hash(*record.sections),
                   inputs=inputs, started_at=started, views=views)
     if stage == "student":
         gate = result.metrics["promotion"]
-        lake.record_model(lake.home(), spec.name, "student", result.outputs["model"], key, result.metrics,
+        lake.record_model(layout.root, spec.name, "student", result.outputs["model"], key, result.metrics,
                           gate["promoted"])
         (log.info if gate["promoted"] else log.warning)("student %s: %s", "promoted" if gate["promoted"] else
                                                         "NOT promoted (bulk keeps the previous student)", gate["reason"])
@@ -143,71 +133,72 @@ def stage_task(stage: str, spec: TaskSpec, upstream: list[lake.StageResult], key
     return result
 
 
-def _bulk_key(spec: TaskSpec, student: lake.StageResult) -> str:
+def _bulk_key(spec: TaskSpec, student: StageResult) -> str:
     """Student + bulk settings + the source's listing (names, sizes, mtimes: cheap on millions of files)."""
-    listing = ingest.source_listing_hash(ingest.resolve_source(spec, spec.bulk.source))
-    return lake.hash_json(["bulk", VERSIONS["bulk"], spec.section_hash(*SECTIONS["bulk"]), student.key, listing])
+    listing = sources.source_listing_hash(sources.resolve_source(spec, spec.bulk.source))
+    return lake.hash_json(["bulk", BULK_VERSION, spec.section_hash(*BULK_SECTIONS), student.key, listing])
 
 
-def _bulk_marker(spec: TaskSpec, key: str) -> Path:
-    return lake.home() / "lake" / spec.name / "bulk" / "done" / key
+def _bulk_marker(spec: TaskSpec, layout: Layout, key: str) -> Path:
+    return layout.bulk_dir(spec.name) / "done" / key
 
 
 def _bulk_cache_key(context, parameters) -> str:
     return f"{parameters['spec'].name}-bulk-{parameters['key']}"
 
 
-def promoted_student(spec: TaskSpec, latest: lake.StageResult) -> lake.StageResult | None:
+def promoted_student(spec: TaskSpec, layout: Layout, latest: StageResult) -> StageResult | None:
     """The student bulk labeling uses: the latest if it passed the gate, else the last one that did."""
     if latest.metrics.get("promotion", {}).get("promoted", True):
         return latest
-    found = lake.promoted_model(lake.home(), spec.name)
-    return lake.StageResult("student", "", {"model": found[0]}, key=found[1]) if found else None
+    found = lake.promoted_model(layout, spec.name)
+    return StageResult("student", "", {"model": found[0]}, key=found[1]) if found else None
 
 
-def run_bulk(spec: TaskSpec, student: lake.StageResult, relabel: bool = False, **call):
+def run_bulk(spec: TaskSpec, layout: Layout, student: StageResult, relabel: bool = False, **call):
     """Bulk-label the source; reused only while the source listing and the student are unchanged."""
     key = _bulk_key(spec, student)
-    missing = relabel or not _bulk_marker(spec, key).exists()
-    return bulk_task.with_options(refresh_cache=missing)(spec, student, key, relabel, **call)
+    missing = relabel or not _bulk_marker(spec, layout, key).exists()
+    return bulk_task.with_options(refresh_cache=missing)(spec, layout, student, key, relabel, **call)
 
 
 @task(cache_key_fn=_bulk_cache_key, persist_result=True, cache_expiration=timedelta(days=365),
       task_run_name="bulk", **RETRY)
-def bulk_task(spec: TaskSpec, student: lake.StageResult, key: str, relabel: bool = False) -> lake.StageResult:
+def bulk_task(spec: TaskSpec, layout: Layout, student: StageResult, key: str, relabel: bool = False) -> StageResult:
     """Label the PDFs of the bulk source the student has not labeled yet (all of them with relabel)."""
-    out = lake.home() / "lake" / spec.name / "bulk"
+    out = layout.bulk_dir(spec.name)
     started = lake.now()
     result = replace(bulk.bulk_label(spec, Path(student.outputs["model"]), out=out, relabel=relabel), key=key)
-    _register_bulk(spec, result, out, key, {"student": student.key}, started)
-    lake.write_json({"run_id": result.run_id}, _bulk_marker(spec, key))
+    _register_bulk(spec, layout, result, key, {"student": student.key}, started)
+    lake.write_json({"run_id": result.run_id}, _bulk_marker(spec, layout, key))
     return result
 
 
 @task(task_run_name="bulk-inbox", **RETRY)
-def label_inbox(spec: TaskSpec, student: str, source: str | None = None, relabel: bool = False,
-                engine: str | None = None) -> lake.StageResult:
+def label_inbox(spec: TaskSpec, layout: Layout, student: str, source: str | None = None, relabel: bool = False,
+                engine: str | None = None) -> StageResult:
     """The scheduled bulk run: never cached, since skipping what is done is bulk labeling's own job."""
-    out = lake.home() / "lake" / spec.name / "bulk"
+    out = layout.bulk_dir(spec.name)
     started = lake.now()
     result = bulk.bulk_label(spec, Path(student), out=out, source=source, relabel=relabel, engine=engine)
-    _register_bulk(spec, result, out, result.metrics["model"], {"student": student, "source": source or ""}, started)
+    _register_bulk(spec, layout, result, result.metrics["model"], {"student": student, "source": source or ""}, started)
     return result
 
 
-def _register_bulk(spec: TaskSpec, result: lake.StageResult, out: Path, key: str, inputs: dict, started) -> None:
+def _register_bulk(spec: TaskSpec, layout: Layout, result: StageResult, key: str, inputs: dict, started) -> None:
+    out = layout.bulk_dir(spec.name)
     quarantine = [str(f) for f in bulk.committed(out, "quarantine")]
     views = {"bulk_labels": [str(f) for f in bulk.committed(out, "labels")]}
     if quarantine:
         views["quarantine"] = quarantine
-    lake.register(lake.home(), spec.name, result, cache_key=key, config_hash=spec.section_hash(*SECTIONS["bulk"]),
+    lake.register(layout.root, spec.name, result, cache_key=key, config_hash=spec.section_hash(*BULK_SECTIONS),
                   inputs=inputs, started_at=started, views=views)
     get_run_logger().info("%s", result)
     publish(spec, result)
 
 
 @task(task_run_name="report")
-def report_task(spec: TaskSpec, results: dict[str, lake.StageResult], states: dict[str, str], profile: str | None) -> str:
+def report_task(spec: TaskSpec, results: dict[str, StageResult], states: dict[str, str], profile: str | None) -> str:
     """The run's HTML report (data/reports/<run>/index.html), linked from a Prefect artifact."""
     path = report.write_report(spec, results, profile=profile, states=states)
     create_markdown_artifact(f"# {spec.name}: run report\n\n[{path}](file://{path.resolve()})\n\n"
@@ -217,48 +208,47 @@ def report_task(spec: TaskSpec, results: dict[str, lake.StageResult], states: di
     return str(path)
 
 
-def status(spec: TaskSpec) -> list[dict]:
+def status(spec: TaskSpec, layout: Layout | None = None) -> list[dict]:
     """Each stage's cache key for the spec as it is now, whether its output is complete, and if not why.
 
     "why" compares the key's ingredients with the stage's latest completed run in the catalog.
     """
-    keys: dict[str, lake.StageResult] = {}
+    layout = layout or Layout.at()
+    keys: dict[str, StageResult] = {}
     rows = []
-    for stage in (*UPSTREAM, "bulk"):
-        if stage == "bulk":
-            key, inputs = _bulk_key(spec, keys["student"]), {"student": keys["student"].key}
-            done = _bulk_marker(spec, key).exists()
+    for stage in (*STAGES.values(), None):
+        if stage is None:
+            name, key, inputs = "bulk", _bulk_key(spec, keys["student"]), {"student": keys["student"].key}
+            done = _bulk_marker(spec, layout, key).exists()
         else:
-            key, inputs = stage_key(stage, spec, [keys[u] for u in UPSTREAM[stage]])
-            done = lake.is_done(_out_dir(stage, spec, key))
-        keys[stage] = lake.StageResult(stage, "", {}, key=key)
-        rows.append({"stage": stage, "key": key, "state": "cached" if done else "stale",
-                     "why": "" if done else _why_stale(spec, stage, key, inputs)})
+            name, (key, inputs) = stage.name, stage_key(stage, spec, keys)
+            done = lake.is_done(layout.stage_dir(spec.name, name, key))
+        keys[name] = StageResult(name, "", {}, key=key)
+        rows.append({"stage": name, "key": key, "state": "cached" if done else "stale",
+                     "why": "" if done else _why_stale(spec, layout, stage, key, inputs)})
     return rows
 
 
-def _why_stale(spec: TaskSpec, stage: str, key: str, inputs: dict) -> str:
-    root = lake.home()
-    if not (root / "catalog.duckdb").exists():
+def _why_stale(spec: TaskSpec, layout: Layout, stage: Stage | None, key: str, inputs: dict) -> str:
+    rows = lake.query(layout, "SELECT config_hash, inputs, cache_key FROM runs WHERE task = ? AND stage = ? "
+                              "AND status = 'completed' ORDER BY finished_at DESC LIMIT 1",
+                      [spec.name, stage.name if stage else "bulk"])
+    if not rows:
         return "never run"
-    with lake.catalog(root, read_only=True) as con:
-        row = con.execute("SELECT config_hash, inputs, cache_key FROM runs WHERE task = ? AND stage = ? AND status = 'completed' "
-                          "ORDER BY finished_at DESC LIMIT 1", [spec.name, stage]).fetchone()
-    if row is None:
-        return "never run"
-    if row[2] == key:
+    config_hash, before, cache_key = rows[0]
+    if cache_key == key:
         return "output deleted"
-    if stage == "bulk":
+    if stage is None:
         return "new student or source files changed since the last run"
     reasons = []
-    if row[0] != spec.section_hash(*SECTIONS[stage]):
-        reasons.append(f"spec changed ({', '.join(SECTIONS[stage])})")
-    before = json.loads(row[1])
+    if config_hash != spec.section_hash(*stage.sections):
+        reasons.append(f"spec changed ({', '.join(stage.sections)})")
+    before = json.loads(before)
     reasons += [f"{name} changed" for name in inputs if before.get(name) != inputs[name]]
     return "; ".join(reasons) or "stage code version changed"
 
 
-def publish(spec: TaskSpec, result: lake.StageResult) -> None:
+def publish(spec: TaskSpec, result: StageResult) -> None:
     """A markdown artifact with the stage's counts and headline metrics."""
     lines = [f"# {spec.name}: {result.stage}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in result.counts.items()]
@@ -270,3 +260,43 @@ def publish(spec: TaskSpec, result: lake.StageResult) -> None:
     lines.append(f"| seconds | {result.seconds:.1f} |")
     create_markdown_artifact("\n".join(lines), key=f"{spec.name}-{result.stage}".lower().replace("_", "-"),
                              description=f"{result.stage} stage of {spec.name}")
+
+
+class Run:
+    """One flow run, stage by stage: each stage's Prefect state and result, for the next stage to read.
+
+    Stages past `until` are not run, so `flows/distill.py` reads as the whole pipeline either way.
+    """
+
+    def __init__(self, spec: TaskSpec, layout: Layout, until: str = "bulk"):
+        self.spec, self.layout = spec, layout
+        self.wanted = lake.STAGES[: lake.STAGES.index(until) + 1]
+        self.states: dict = {}
+        self.results: dict[str, StageResult] = {}
+
+    def stage(self, stage: Stage) -> None:
+        if stage.name in self.wanted:
+            self._keep(stage.name, run_stage(stage, self.spec, self.layout, self.results, return_state=True))
+
+    def bulk(self) -> None:
+        """Bulk-label the spec's source with the promoted student (the latest one that passed its gate)."""
+        if "bulk" not in self.wanted:
+            return
+        student = promoted_student(self.spec, self.layout, self.results["student"])
+        if student is None:
+            get_run_logger().warning("bulk skipped: no student has passed the promotion gate yet")
+            return
+        self._keep("bulk", run_bulk(self.spec, self.layout, student, return_state=True))
+
+    def _keep(self, name: str, state) -> None:
+        self.states[name] = state
+        self.results[name] = state.result()
+
+    def finish(self, profile: str | None) -> dict:
+        """Log each stage's state and result, write the run's report; the flow's return value."""
+        log = get_run_logger()
+        for name, state in self.states.items():
+            log.info("%-8s %-9s %s", name, state.name, self.results[name])
+        names = {name: state.name for name, state in self.states.items()}
+        path = report_task(self.spec, self.results, names, profile)
+        return {"outputs": {name: r.outputs for name, r in self.results.items()}, "states": names, "report": path}

@@ -242,11 +242,11 @@ def test_the_run_summary_lands_in_the_bulk_runs_view(clinical_spec, inbox, stude
 
 
 def test_the_progress_bar_knows_the_total_of_a_small_local_source(inbox):
-    from distillery import ingest
+    from distillery import sources
 
-    assert ingest.count_pdfs(inbox, bulk.COUNT_LIMIT) == 30
-    assert ingest.count_pdfs(inbox, 10) is None  # too many to count first: docs/s without an ETA
-    assert ingest.count_pdfs("memory://nowhere", 10) is None
+    assert sources.count_pdfs(inbox, bulk.COUNT_LIMIT) == 30
+    assert sources.count_pdfs(inbox, 10) is None  # too many to count first: docs/s without an ETA
+    assert sources.count_pdfs("memory://nowhere", 10) is None
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from distillery import bulk, constrained, ingest, label, lake, seed, sft
+from distillery import answer, bulk, constrained, ingest, label, lake, seed, student
 from distillery.evaluate import grade_items
 from distillery.inference import TransformersBackend
 from distillery.models import tiny_model
@@ -45,7 +45,7 @@ def test_skeleton_and_values_make_the_training_target(invoice_spec):
 def test_training_targets_follow_the_spec_order(invoice_spec, tiny):
     shuffled = {"total": 8689.87, "currency": "SEK", "vendor": "Maple Office Supply", "extra": 1,
                 "date": "2026-01-09", "number": "INV-56125"}
-    (example,) = sft.answer_examples(invoice_spec, [{"text": "t", "answer": shuffled}], tiny.tokenizer)
+    (example,) = answer.answer_examples(invoice_spec, [{"text": "t", "answer": shuffled}], tiny.tokenizer)
     assert example["completion"] == format_answer(GOLD)
 
 
@@ -137,11 +137,11 @@ def test_extraction_pipeline_teacher_student_bulk(invoice_spec, tmp_path):
     assert len(rows) == unseeded == 10 and all(r["parse_status"] == "ok" for r in rows)
     assert all(list(json.loads(r["answer"])) == list(spec.output.fields) for r in rows)
 
-    student = sft.train_student(spec, labeled.path("machine_labels"), seeds, docs, out=tmp_path / "student",
+    trained = student.train_student(spec, labeled.path("machine_labels"), seeds, docs, out=tmp_path / "student",
                                 teacher_top1=0.0)
-    assert student.metrics["promotion"]["promoted"] and student.counts["trained_on"] == 9
-    assert 0.0 <= student.metrics["teacher_agreement"] <= 1.0 and student.metrics["agreement_items"] == 1
-    evaluated = lake.read_table(student.path("student_eval")).to_pylist()
+    assert trained.metrics["promotion"]["promoted"] and trained.counts["trained_on"] == 9
+    assert 0.0 <= trained.metrics["teacher_agreement"] <= 1.0 and trained.metrics["agreement_items"] == 1
+    evaluated = lake.read_table(trained.path("student_eval")).to_pylist()
     assert evaluated and all(r["parse_status"] == "ok" and 0 <= r["score"] <= 1 for r in evaluated)
 
     result = bulk.bulk_label(spec, tmp_path / "student" / "model", out=tmp_path / "bulk", progress=False,

@@ -271,7 +271,7 @@ def test_grpo_keeps_the_top_k_checkpoints_on_validation_and_writes_metrics(tiny_
     import shutil
 
     from distillery import synth
-    from distillery.rft import run_grpo
+    from distillery.teacher import run_grpo
 
     grpo_cfg = {"steps": 3, "num_generations": 2, "max_completion_length": 4, "eval_interval": 1, "patience": 10,
                 "keep": 2, "learning_rate": 1e-2}
@@ -294,7 +294,7 @@ def test_a_multi_grader_logs_the_reward_of_each_component(tiny_path, tmp_path, c
     import shutil
 
     from distillery import synth
-    from distillery.rft import run_grpo
+    from distillery.teacher import run_grpo
     from distillery.spec import GraderSpec
 
     length = tmp_path / "length.py"  # credit a random tiny model's answers earn: their length

@@ -8,7 +8,7 @@ import torch
 from distillery.inference import TransformersBackend, _common_prefix
 from distillery.models import tiny_model
 from distillery.prompts import render_prompt
-from distillery.sft import score_answers
+from distillery.answer import score_answers
 
 from conftest import REPO
 
@@ -126,7 +126,7 @@ def test_vllm_label_scores_equal_the_transformers_backend(backend, vllm_stand_in
 def test_label_stage_scores_the_label_set_on_vllm(backend, vllm_stand_in, clinical_spec):
     """With vLLM the labeling stage takes the same schema-constrained path (no free generation)."""
     from distillery.inference import VLLMBackend
-    from distillery.label import label_rows
+    from distillery.answer import label_rows
 
     docs = [{"sha256": str(i), "text": t} for i, t in enumerate(TEXTS)]
     on_vllm = label_rows(clinical_spec, VLLMBackend("unused", llm=vllm_stand_in), docs, model_id="m", run_id="r")

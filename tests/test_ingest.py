@@ -7,7 +7,8 @@ import yaml
 
 from conftest import CLINICAL_YAML
 from distillery import lake, synth
-from distillery.ingest import ingest, list_pdfs, source_hash
+from distillery.ingest import ingest
+from distillery.sources import list_pdfs, source_hash
 from distillery.spec import parse_spec
 
 

@@ -97,15 +97,15 @@ def test_sigkill_mid_labeling_then_rerun_labels_each_document_exactly_once(corpu
 STUDENT = """
 import sys
 from pathlib import Path
-from distillery import sft
+from distillery import student
 from distillery.spec import TaskSpec
 spec = TaskSpec.model_validate_json(Path(sys.argv[1]).read_text())
-sft.train_student(spec, Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), out=Path(sys.argv[5]))
+student.train_student(spec, Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), out=Path(sys.argv[5]))
 """
 
 
 def test_sigkill_during_student_training_then_rerun_gives_a_whole_student(corpus, teacher, tmp_path):
-    from distillery import sft
+    from distillery import student
 
     spec, docs, seeds = corpus
     spec = spec.model_copy(update={"models": spec.models.model_copy(update={"student": str(teacher)}),
@@ -122,7 +122,7 @@ def test_sigkill_during_student_training_then_rerun_gives_a_whole_student(corpus
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model" / "model.safetensors").exists(), "the kill should land before the model is saved"
-    result = sft.train_student(spec, labels, seeds, docs, out=out)
+    result = student.train_student(spec, labels, seeds, docs, out=out)
     assert (out / "model" / "model.safetensors").exists() and not (out / "model.tmp").exists()
     evaluated = lake.read_table(result.path("student_eval")).column("sha256").to_pylist()
     heldout = [r["sha256"] for r in lake.read_table(seeds).to_pylist() if r["split"] == "heldout"]

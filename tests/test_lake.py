@@ -46,7 +46,7 @@ def test_home_defaults_to_data_in_the_current_directory(tmp_path, monkeypatch):
 
 
 def test_stage_dir_is_task_stage_and_cache_key_under_the_lake(tmp_path):
-    assert lake.stage_dir(tmp_path, "clinical", "ingest", "abc") == tmp_path / "lake" / "clinical" / "ingest" / "abc"
+    assert lake.Layout(tmp_path).stage_dir("clinical", "ingest", "abc") == tmp_path / "lake" / "clinical" / "ingest" / "abc"
 
 
 def test_run_ids_name_their_stage_and_are_unique():

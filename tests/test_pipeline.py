@@ -106,7 +106,7 @@ def test_distill_flow_runs_all_stages_then_reuses_them(tiny_task, tmp_path, monk
         from tasks import stages
 
         with pytest.MonkeyPatch.context() as mp:  # this student fails the promotion gate
-            mp.setattr(stages.sft, "promotion", lambda spec, s, t: {"promoted": False, "reason": "below the gate"})
+            mp.setattr(stages.student, "promotion", lambda spec, s, t: {"promoted": False, "reason": "below the gate"})
             fourth = distill(str(strict), None)
         assert fourth["states"]["student"] == "Completed" and fourth["states"]["bulk"] == "Cached"
         assert fourth["outputs"]["bulk"] == third["outputs"]["bulk"]  # still the promoted student's labels

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distillery import ingest, label, lake, seed, sft, synth
+from distillery import answer, ingest, label, lake, seed, sft, student, synth
 from distillery.inference import TransformersBackend
 from distillery.models import load_model, shallow_copy, tiny_model
 from distillery.prompts import render_prompt
@@ -56,17 +56,17 @@ def test_teacher_scoring_follows_the_spec_and_falls_back_when_first_tokens_colli
     texts = ["fever, cough", "headache", "x y z"]
     prompts = [render_prompt(t, clinical_spec, backend.tokenizer) for t in texts]
     labels = list(clinical_spec.output.labels)
-    _, fast = sft.score_answers(clinical_spec, backend, texts)  # teacher.first_token defaults to true
+    _, fast = answer.score_answers(clinical_spec, backend, texts)  # teacher.first_token defaults to true
     assert torch.allclose(torch.tensor(fast), backend.score_labels(prompts, labels, first_token=True), atol=1e-6)
     full_spec = clinical_spec.model_copy(update={"teacher": clinical_spec.teacher.model_copy(update={"first_token": False})})
-    _, full = sft.score_answers(full_spec, backend, texts)
+    _, full = answer.score_answers(full_spec, backend, texts)
     assert torch.allclose(torch.tensor(full), backend.score_labels(prompts, labels), atol=1e-6)
     assert not torch.allclose(torch.tensor(full), torch.tensor(fast), atol=1e-3)
     # labels that share a first token cannot be told apart by it: every label's sequence is scored
     clash = ["Hypothyroidism", "Hypothermia", "Migraine"]
     clash_spec = clinical_spec.model_copy(update={"output": clinical_spec.output.model_copy(update={"labels": clash})})
-    assert not sft.first_token_scoring(clash_spec, backend.tokenizer, student=False)
-    answers, probs = sft.score_answers(clash_spec, backend, texts, student=True)
+    assert not answer.first_token_scoring(clash_spec, backend.tokenizer, student=False)
+    answers, probs = answer.score_answers(clash_spec, backend, texts, student=True)
     clash_prompts = [render_prompt(t, clash_spec, backend.tokenizer) for t in texts]
     assert torch.allclose(torch.tensor(probs), backend.score_labels(clash_prompts, clash), atol=1e-6)
     assert all(set(a.ranked) <= set(clash) for a in answers)
@@ -110,7 +110,7 @@ def test_training_examples_put_the_loss_on_the_answer_only(clinical_spec, tmp_pa
     model = tiny_model(tmp_path / "m", REPO / "models" / "base")
     tok = load_tokenizer(str(model))
     tok.padding_side = "right"
-    examples = sft.answer_examples(clinical_spec, [{"text": "fever", "answer": "Pneumonia"}], tok)
+    examples = answer.answer_examples(clinical_spec, [{"text": "fever", "answer": "Pneumonia"}], tok)
     args = SFTConfig(output_dir=str(tmp_path / "o"), completion_only_loss=True, report_to=[], use_cpu=True,
                      max_length=512)
     trainer = SFTTrainer(model=str(model), args=args, train_dataset=Dataset.from_list(examples), processing_class=tok)
@@ -125,9 +125,9 @@ def test_training_examples_put_the_loss_on_the_answer_only(clinical_spec, tmp_pa
 
 def test_promotion_gate_both_ways(clinical_spec):
     spec = clinical_spec.model_copy(update={"student": clinical_spec.student.model_copy(update={"gate": 0.95})})
-    passed = sft.promotion(spec, student_top1=0.62, teacher_top1=0.65)
+    passed = student.promotion(spec, student_top1=0.62, teacher_top1=0.65)
     assert passed["promoted"] and "reaches" in passed["reason"]
-    failed = sft.promotion(spec, student_top1=0.60, teacher_top1=0.65)
+    failed = student.promotion(spec, student_top1=0.60, teacher_top1=0.65)
     assert not failed["promoted"] and "0.600 is below 0.95 x teacher 0.650" in failed["reason"]
 
 
@@ -147,11 +147,11 @@ def labeled(clinical_spec, teacher, tmp_path):
 
 def test_the_student_stage_trains_a_shallow_student_and_applies_the_gate(labeled, tmp_path):
     spec, docs, seeds, labels = labeled
-    kept = sft.train_student(spec, labels, seeds, docs, out=tmp_path / "a", teacher_top1=0.0)
+    kept = student.train_student(spec, labels, seeds, docs, out=tmp_path / "a", teacher_top1=0.0)
     assert kept.metrics["layers"] == 2 and kept.metrics["promotion"]["promoted"]
     assert kept.metrics["agreement_items"] == 3 and kept.counts["trained_on"] == 27  # 10% kept for agreement
     assert 0.0 <= kept.metrics["teacher_agreement"] <= 1.0 and kept.metrics["docs_per_s"] > 0
-    rejected = sft.train_student(spec, labels, seeds, docs, out=tmp_path / "b", teacher_top1=1.0)
+    rejected = student.train_student(spec, labels, seeds, docs, out=tmp_path / "b", teacher_top1=1.0)
     assert rejected.metrics["top1"] < 0.95 and not rejected.metrics["promotion"]["promoted"]
     assert "is below" in rejected.metrics["promotion"]["reason"]
     evaluated = lake.read_table(kept.path("student_eval")).to_pylist()

@@ -13,18 +13,39 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Mapping
 
 import pandas as pd
 
 from distillery import lake
-from distillery.evaluate import seed_items, summarize
+from distillery.answer import answer_examples, evaluate_labeling
+from distillery.evaluate import seed_items, stable_slice
 from distillery.graders import build_grader, component_names
 from distillery.inference import TransformersBackend, vllm_available
 from distillery.models import device, load_model, load_tokenizer
 from distillery.prompts import parse_answer, render_prompt
-from distillery.sft import answer_examples, train_sft
+from distillery.sft import train_sft
 from distillery.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the teacher reads: the seed labels (with their split) and the documents' text."""
+
+    reads: ClassVar = ("seed", "ingest")
+    seed_labels: Path
+    documents: Path
+
+    @classmethod
+    def of(cls, results: Mapping[str, lake.StageResult]) -> "Inputs":
+        return cls(results["seed"].path("seed_labels"), results["ingest"].path("documents"))
+
+
+def run(spec: TaskSpec, inputs: Inputs, out: Path, *, run_id: str | None = None) -> lake.StageResult:
+    """SFT warm start, then GRPO; the kept checkpoint lands in out/best."""
+    return train_teacher(spec, inputs.seed_labels, inputs.documents, out=out, run_id=run_id)
 
 
 def _grader_reward(grader, spec: TaskSpec, name: str, *, prefilled: bool, missing: float | None):
@@ -50,16 +71,6 @@ def component_rewards(spec: TaskSpec, *, prefilled: bool) -> list:
     that could grade stays exact), so they only log `rewards/<name>/mean` per step, the reward per grader."""
     return [_grader_reward(build_grader(component["grader"], spec), spec, name, prefilled=prefilled, missing=None)
             for component, name in zip(spec.grader.components, component_names(spec.grader))]
-
-
-def evaluate_labeling(spec: TaskSpec, backend, items: list[dict]) -> tuple[pd.DataFrame, dict]:
-    """Graded rows and metrics of a model answering as the labeling stage makes it answer (the label
-    set scored under the schema, or generation and the one parser), so that selection, the reported
-    accuracy and the student's promotion gate all measure the teacher as it is used."""
-    from distillery.label import evaluate_labels
-
-    rows = evaluate_labels(spec, backend, items, model_id="")
-    return rows, summarize(rows)
 
 
 def _eval_callback(spec: TaskSpec, items: list[dict], out: Path, history: list[dict]):
@@ -175,10 +186,7 @@ def split_for_grpo(train: list[dict], share: float) -> tuple[list[dict], list[di
     """(SFT items, GRPO items): with share > 0, GRPO trains on a stable slice the SFT never saw."""
     if share <= 0 or len(train) < 2:
         return train, train
-    ranked = sorted(train, key=lambda it: it["sha256"])
-    n = min(len(train) - 1, max(1, round(share * len(train))))
-    held = {it["sha256"] for it in ranked[:n]}
-    return [it for it in train if it["sha256"] not in held], [it for it in train if it["sha256"] in held]
+    return stable_slice(train, min(len(train) - 1, max(1, round(share * len(train)))))
 
 
 def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, run_id: str | None = None) -> lake.StageResult:
