@@ -94,28 +94,28 @@ clean: ## remove generated data (lake, catalog, corpora); keeps the venv and mod
 HOSTILE ?= ../shared/corpora/hostile_pdfs
 .PHONY: bench-robustness
 bench-robustness: ## ingestion verdicts on real hostile PDFs -> data/bench/robustness.json
-	$(PY) -m distillery.bench robustness --corpus $(HOSTILE)
+	$(PY) -m bench.robustness --corpus $(HOSTILE)
 
 .PHONY: bench-adversarial
 bench-adversarial: ## prompt-injected case reports vs the promoted student (MODEL=path: another) and the teacher -> data/bench/adversarial.json
-	$(PY) -m distillery.bench adversarial --spec $(SPEC) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m bench.adversarial --spec $(SPEC) $(if $(MODEL),--model $(MODEL))
 
 .PHONY: bench-label
 bench-label: ## labeling stage vs a per-document pipeline loop, and calibration -> data/bench/label.json
-	$(PY) -m distillery.bench label --spec $(SPEC) --profile $(PROFILE)
+	$(PY) -m bench.label --spec $(SPEC) --profile $(PROFILE)
 
 .PHONY: bench-student
 bench-student: ## base, teacher and student: top-1 and docs/s on the same documents (LAYERS=2: + a shallow student) -> data/bench/student.json
-	$(PY) -m distillery.bench student --spec $(SPEC) --profile $(PROFILE) $(if $(LAYERS),--layers $(LAYERS) --label-docs $(or $(LABEL_DOCS),1000))
+	$(PY) -m bench.student --spec $(SPEC) --profile $(PROFILE) $(if $(LAYERS),--layers $(LAYERS) --label-docs $(or $(LABEL_DOCS),1000))
 
 .PHONY: bench-rft
 bench-rft: ## base vs SFT vs SFT+GRPO (3 sampling seeds) vs random-reward GRPO on 300 fresh documents -> data/bench/rft.json
-	$(PY) -m distillery.bench rft --spec $(SPEC) --profile $(PROFILE) --sampling-seeds $(SAMPLING_SEEDS)
+	$(PY) -m bench.rft --spec $(SPEC) --profile $(PROFILE) --sampling-seeds $(SAMPLING_SEEDS)
 
 .PHONY: bench-grpo-step
 bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the demo sizes -> data/bench/grpo_step.json
-	$(PY) -m distillery.bench grpo_step --spec $(SPEC) --profile $(PROFILE)
+	$(PY) -m bench.grpo_step --spec $(SPEC) --profile $(PROFILE)
 
 .PHONY: bench-bulk
 bench-bulk: ## bulk labeling at scale (MODEL=path: another labeling model): end-to-end vs extraction-only vs inference-only, overlap, MFU -> data/bench/bulk.json
-	$(PY) -m distillery.bench bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m bench.bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000) $(if $(MODEL),--model $(MODEL))

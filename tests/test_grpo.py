@@ -7,8 +7,10 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
+from bench import grpo_step
 from distillery import grpo
-from distillery.grpo import SharedPromptGRPOTrainer, loss_and_grads, loss_trainer, prompt_groups, tokens_per_step
+from bench.grpo_step import loss_and_grads, loss_trainer
+from distillery.grpo import SharedPromptGRPOTrainer, prompt_groups, tokens_per_step
 from distillery.models import load_tokenizer, tiny_model
 
 from conftest import REPO
@@ -250,7 +252,7 @@ def test_distinct_prompts_generate_on_trls_path(generation_trainer, tokenizer, m
 
 def test_bench_on_a_tiny_model(tiny_path, tokenizer):
     prompts = ["Fever and productive cough. Answer:", "Flank pain radiating to the groin and blood in the urine."]
-    out = grpo.bench_grpo_step(str(tiny_path), prompts=prompts, prompts_per_step=2, num_generations=4,
+    out = grpo_step.bench_grpo_step(str(tiny_path), prompts=prompts, prompts_per_step=2, num_generations=4,
                                completion_length=6, repeats=1)
     assert {"trl_s_per_step", "ours_s_per_step", "speedup", "tokens_per_step", "max_abs_loss_diff",
             "max_abs_grad_diff", "prompt_tokens", "completion_tokens", "num_generations", "model",
@@ -261,7 +263,7 @@ def test_bench_on_a_tiny_model(tiny_path, tokenizer):
 
 
 def test_demo_prompts_are_clinical_prompts_of_about_170_tokens(tokenizer):
-    prompts = grpo.demo_prompts(tokenizer, 2)
+    prompts = grpo_step.demo_prompts(tokenizer, 2)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     assert all(p.rstrip().endswith("Answer:") for p in prompts)
     assert all(120 < n < 260 for n in lengths)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillery.bench import DEFAULT_HOSTILE, robustness
+from bench.robustness import DEFAULT_HOSTILE, robustness
 
 
 def test_the_shared_hostile_corpus_gets_the_right_verdicts_with_no_crash():

@@ -1,4 +1,4 @@
-"""`make bench-bulk`: the bulk stage at scale, one run -> data/bench/bulk.json.
+"""`python -m bench.bulk` (`make bench-bulk`): the bulk stage at scale, one run -> data/bench/bulk.json.
 
 Arms, on the same generated PDFs (`data/bench/bulk-corpus`, generated once and reused):
 - bare_pymupdf: open + `page.get_text()` per page, in a plain process pool of the same size;
@@ -21,14 +21,12 @@ a fp32 matmul peak measured in the same run with the same threads.
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
+from bench import common
 from distillery import lake, pdf, synth
-
-CORPUS = Path("data/bench/bulk-corpus")
 
 
 def make_corpus(folder: Path, docs: int) -> list[str]:
@@ -109,9 +107,10 @@ def scoring_flops(spec, backend, texts: list[str]) -> tuple[float, int]:
     return flops, tokens
 
 
-def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path = CORPUS,
+def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path | None = None,
         workers: int | None = None, model: str | None = None) -> dict:
-    """`model`: the labeling model (default: the promoted student, else the base)."""
+    """`model`: the labeling model (default: the promoted student, else the base); `corpus`: where the
+    generated PDFs go (default: `bulk-corpus` in the benchmark folder)."""
     import torch
 
     from distillery import bulk
@@ -122,10 +121,11 @@ def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path = 
     wall = time.perf_counter()
     load = os.getloadavg()
     spec = load_spec(spec_path, profile=profile)
-    student = model or lake.current_model(lake.home(), spec.name) or str(spec.path(spec.models.base))
+    student = model or lake.current_model(lake.Layout.at(), spec.name) or str(spec.path(spec.models.base))
     workers = workers or spec.ingest.workers
     batch = spec.bulk.batch_size if spec.bulk else 16
     torch.set_num_threads(os.cpu_count() or 1)
+    corpus = corpus or common.bench_dir() / "bulk-corpus"
     started = time.perf_counter()
     paths = make_corpus(corpus, docs)
     corpus_s = time.perf_counter() - started
@@ -188,7 +188,19 @@ def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path = 
                                              "wall": time.perf_counter() - wall},
         "student": student, "batch_size": batch, "workers": workers, "window": window, "engine": "local",
         "params_m": params_m,
-        "machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        **common.machine(torch_threads=True),
         "loadavg_at_start": load, "corpus": str(corpus), "corpus_bytes": corpus_bytes,
     }
 
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = common.parser(__doc__)
+    ap.add_argument("--docs", type=int, default=64, help="generated PDFs in the corpus")
+    ap.add_argument("--model", default=None, help="the labeling model (default: the promoted student, else the base)")
+    args = ap.parse_args(argv)
+    common.write("bulk", run(args.spec, args.profile, args.docs, model=args.model), args.out, args.profile)
+
+
+if __name__ == "__main__":
+    main()
