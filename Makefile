@@ -44,8 +44,8 @@ label: ; $(RUN) label
 student: ; $(RUN) student
 bulk: ; $(RUN) bulk
 
-inbox: ## label new PDFs in SOURCE (folder, glob or fsspec URL; default: the spec's bulk.source) with the promoted student; ENGINE=ray for Ray
-	$(PY) -m flows.bulk $(SPEC) --profile $(PROFILE) $(if $(SOURCE),--source $(SOURCE)) $(if $(ENGINE),--engine $(ENGINE))
+inbox: ## label new PDFs in SOURCE (folder, glob or fsspec URL; default: the spec's bulk.source) with the promoted student (STUDENT=latest: the latest, even if it failed its gate); ENGINE=ray for Ray
+	$(PY) -m flows.bulk $(SPEC) --profile $(PROFILE) $(if $(SOURCE),--source $(SOURCE)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(STUDENT),--student $(STUDENT))
 
 # A local Prefect server (SQLite under data/prefect, loopback only), deployments and a process worker.
 # Server and worker run in the background; logs and pid files in data/prefect/.

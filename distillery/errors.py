@@ -50,5 +50,20 @@ class StageInputMissing(DistilleryError):
         return (type(self), (self.stage, self.needs, self.hint))
 
 
+class NotPromoted(DistilleryError):
+    """No student has passed the promotion gate, so bulk labeling has no model to use by default."""
+
+    def __init__(self, task: str, reason: str):
+        self.task, self.reason = task, reason
+        super().__init__(
+            f"task {task!r}: no student has passed the promotion gate ({reason}). To label anyway with the latest "
+            "student, say so: `make inbox STUDENT=latest` (or `python -m flows.bulk SPEC --student latest`; the "
+            "choice is recorded in the run's lineage). To pass the gate: train the student longer or deeper "
+            "(`student.sft`, `student.layers`), give it more teacher labels (`label.limit`), or lower `student.gate`.")
+
+    def __reduce__(self):
+        return (type(self), (self.task, self.reason))
+
+
 class TransientError(Exception):
     """A failure worth retrying (a worker lost, a timeout), kept apart from terminal errors."""

@@ -239,6 +239,24 @@ def catalog(root: Path | Layout | None = None, *, read_only: bool = False):
             con.close()
 
 
+def ensure_view(root: Path | Layout | None, name: str, schema: pa.Schema) -> None:
+    """An empty view `name` with the columns of `schema`, unless the catalog already has one: a query
+    written for a stage's output answers "no rows" before that stage has written any."""
+    import duckdb
+
+    columns = ", ".join(f"CAST(NULL AS {_SQL_TYPES.get(str(f.type), 'VARCHAR')}) AS {f.name}" for f in schema)
+    with catalog(root) as con:
+        if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()[0]:
+            return
+        try:
+            con.execute(f"CREATE VIEW {name} AS SELECT {columns} LIMIT 0")
+        except duckdb.CatalogException:  # a table of that name: it exists, which is all a reader needs
+            pass
+
+
+_SQL_TYPES = {"string": "VARCHAR", "double": "DOUBLE", "int64": "BIGINT", "int32": "INTEGER", "bool": "BOOLEAN"}
+
+
 def _refresh_view(con, name: str) -> None:
     rows = con.execute("SELECT files FROM artifacts WHERE name = ? ORDER BY task", [name]).fetchall()
     files = [f for (js,) in rows for f in json.loads(js) if Path(f).exists()]
@@ -292,11 +310,22 @@ def query(root: Path | Layout | None, sql: str, params: list | None = None) -> l
         return con.execute(sql, params or []).fetchall()
 
 
+def latest_model(root: Path | Layout | None, task: str, role: str = "student", *,
+                 promoted: bool = True) -> dict | None:
+    """The latest model of a role for a task (only promoted ones unless `promoted=False`): path, cache
+    key, metrics and whether it was promoted; None when there is none."""
+    rows = query(root, "SELECT path, cache_key, metrics, promoted FROM models WHERE task = ? AND role = ? "
+                       f"{'AND promoted ' if promoted else ''}ORDER BY created_at DESC LIMIT 1", [task, role])
+    if not rows:
+        return None
+    path, key, metrics, was_promoted = rows[0]
+    return {"path": path, "key": key, "metrics": json.loads(metrics or "{}"), "promoted": bool(was_promoted)}
+
+
 def promoted_model(root: Path | Layout | None, task: str, role: str = "student") -> tuple[str, str] | None:
     """(path, cache key) of the latest promoted model of a role for a task (None when there is none)."""
-    rows = query(root, "SELECT path, cache_key FROM models WHERE task = ? AND role = ? AND promoted "
-                       "ORDER BY created_at DESC LIMIT 1", [task, role])
-    return (rows[0][0], rows[0][1]) if rows else None
+    found = latest_model(root, task, role)
+    return (found["path"], found["key"]) if found else None
 
 
 def current_model(root: Path | Layout | None, task: str, role: str = "student") -> str | None:

@@ -9,6 +9,7 @@ a rerun with nothing changed takes seconds (every stage Cached).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from prefect import flow
 
@@ -37,7 +38,10 @@ def main() -> None:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--until", default="bulk", choices=STAGES)
     args = ap.parse_args()
-    distill(args.spec, args.profile or None, args.until)
+    state = distill(args.spec, args.profile or None, args.until, return_state=True)
+    if not state.is_completed():  # e.g. no student passed its gate: the message says what to do
+        print(f"error: {state.message}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

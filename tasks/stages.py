@@ -20,10 +20,11 @@ from typing import Callable, Mapping
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.states import Failed
 from prefect.tasks import exponential_backoff
 
 from distillery import bulk, ingest, label, lake, report, seed, sources, student, teacher
-from distillery.errors import TransientError
+from distillery.errors import NotPromoted, StageInputMissing, TransientError
 from distillery.lake import Layout, StageResult
 from distillery.spec import TaskSpec
 
@@ -126,7 +127,7 @@ def stage_task(stage: str, spec: TaskSpec, layout: Layout, upstream: dict[str, S
         lake.record_model(layout.root, spec.name, "student", result.outputs["model"], key, result.metrics,
                           gate["promoted"])
         (log.info if gate["promoted"] else log.warning)("student %s: %s", "promoted" if gate["promoted"] else
-                                                        "NOT promoted (bulk keeps the previous student)", gate["reason"])
+                                                        "NOT promoted (bulk uses the last promoted student, if any)", gate["reason"])
     lake.mark_done(out, result)
     log.info("%s", result)
     publish(spec, result)
@@ -155,6 +156,24 @@ def promoted_student(spec: TaskSpec, layout: Layout, latest: StageResult) -> Sta
     return StageResult("student", "", {"model": found[0]}, key=found[1]) if found else None
 
 
+def pick_student(spec: TaskSpec, layout: Layout, choice: str = "promoted") -> tuple[str, str]:
+    """(model path, why it was chosen) for a bulk run: `promoted` (the latest student that passed its
+    gate), `latest` (the latest student, promoted or not: an explicit override) or a model folder."""
+    if choice not in ("promoted", "latest"):
+        return str(Path(choice).resolve()), "given"
+    found = lake.latest_model(layout, spec.name, promoted=choice == "promoted")
+    if found is None and choice == "latest":
+        raise StageInputMissing("bulk", f"a trained student for task {spec.name!r}", "make student")
+    if found is None:
+        failed = lake.latest_model(layout, spec.name, promoted=False)
+        if failed is None:
+            raise StageInputMissing("bulk", f"a promoted student for task {spec.name!r}", "make student")
+        raise NotPromoted(spec.name, failed["metrics"].get("promotion", {}).get("reason", "below the gate"))
+    if found["promoted"]:
+        return found["path"], "promoted"
+    return found["path"], f"latest, not promoted: {found['metrics'].get('promotion', {}).get('reason', '')}"
+
+
 def run_bulk(spec: TaskSpec, layout: Layout, student: StageResult, relabel: bool = False, **call):
     """Bulk-label the source; reused only while the source listing and the student are unchanged."""
     key = _bulk_key(spec, student)
@@ -176,12 +195,14 @@ def bulk_task(spec: TaskSpec, layout: Layout, student: StageResult, key: str, re
 
 @task(task_run_name="bulk-inbox", **RETRY)
 def label_inbox(spec: TaskSpec, layout: Layout, student: str, source: str | None = None, relabel: bool = False,
-                engine: str | None = None) -> StageResult:
-    """The scheduled bulk run: never cached, since skipping what is done is bulk labeling's own job."""
+                engine: str | None = None, chosen: str = "promoted") -> StageResult:
+    """The scheduled bulk run: never cached, since skipping what is done is bulk labeling's own job.
+    `chosen` says why this student (promoted, or an override) and lands in the run's recorded inputs."""
     out = layout.bulk_dir(spec.name)
     started = lake.now()
     result = bulk.bulk_label(spec, Path(student), out=out, source=source, relabel=relabel, engine=engine)
-    _register_bulk(spec, layout, result, result.metrics["model"], {"student": student, "source": source or ""}, started)
+    inputs = {"student": student, "source": source or "", "student_choice": chosen}
+    _register_bulk(spec, layout, result, result.metrics["model"], inputs, started)
     return result
 
 
@@ -273,6 +294,7 @@ class Run:
         self.wanted = lake.STAGES[: lake.STAGES.index(until) + 1]
         self.states: dict = {}
         self.results: dict[str, StageResult] = {}
+        self.blocked: NotPromoted | None = None  # bulk had no student to use
 
     def stage(self, stage: Stage) -> None:
         if stage.name in self.wanted:
@@ -284,7 +306,10 @@ class Run:
             return
         student = promoted_student(self.spec, self.layout, self.results["student"])
         if student is None:
-            get_run_logger().warning("bulk skipped: no student has passed the promotion gate yet")
+            gate = self.results["student"].metrics["promotion"]
+            self.blocked = NotPromoted(self.spec.name, gate["reason"])
+            get_run_logger().error("bulk skipped: %s", self.blocked)
+            lake.ensure_view(self.layout, "bulk_labels", bulk.LABEL_SCHEMA)
             return
         self._keep("bulk", run_bulk(self.spec, self.layout, student, return_state=True))
 
@@ -299,4 +324,7 @@ class Run:
             log.info("%-8s %-9s %s", name, state.name, self.results[name])
         names = {name: state.name for name, state in self.states.items()}
         path = report_task(self.spec, self.results, names, profile)
-        return {"outputs": {name: r.outputs for name, r in self.results.items()}, "states": names, "report": path}
+        outcome = {"outputs": {name: r.outputs for name, r in self.results.items()}, "states": names, "report": path}
+        if self.blocked:  # every stage ran, but nothing was bulk-labeled: the run must not look Completed
+            return Failed(message=f"{self.blocked} Report: {path}", data=outcome)
+        return outcome
