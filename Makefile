@@ -7,6 +7,8 @@ SAMPLING_SEEDS ?= 0,1,2
 N ?= 1300
 export PREFECT_HOME := $(CURDIR)/data/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# A loaded machine can take longer than the default 20 s to start the ephemeral API server.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_LOGGING_LEVEL ?= INFO
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
@@ -35,7 +37,7 @@ data/demo/pdfs/.done: distillery/synth.py data/demo/generate.py | .venv/.deps
 	$(PY) data/demo/generate.py --n $(N)
 	touch $@
 
-demo: setup ## all five stages on the demo task (~15 min on 2 CPU cores; a rerun is all Cached)
+demo: setup ## all five stages on the demo task (~13 min on 2 CPU cores; a rerun is all Cached)
 	$(RUN) bulk
 
 seed: ; $(RUN) seed
