@@ -7,7 +7,7 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from distillery import grpo
+from distillery import grpo, trl_internals
 from distillery.grpo import SharedPromptGRPOTrainer, loss_and_grads, loss_trainer, prompt_groups, tokens_per_step
 from distillery.models import load_tokenizer, tiny_model
 
@@ -148,6 +148,35 @@ def test_distinct_prompts_fall_back_to_trls_path(trainer, monkeypatch):
     assert calls == [2]
     trl, _ = logps(trainer, distinct, shared=False)
     assert torch.equal(ours, trl)
+
+
+def test_an_untested_trl_gets_trls_own_scoring_and_generation_and_one_warning(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(trl_internals, "trl_version", lambda: "1.17.0")
+
+    def ours(*args, **kwargs):
+        pytest.fail("an override ran on an untested TRL")
+
+    for name in ("_get_per_token_logps_and_entropies", "_generate_single_turn", "_score_on_shared_prompts"):
+        monkeypatch.setattr(SharedPromptGRPOTrainer, name, ours)
+    calls = spy_parent(monkeypatch)
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", lambda self, prompts, *a, **k: ("trl", len(prompts)))
+    with pytest.warns(UserWarning, match=r"written against TRL 1\.16 and TRL 1\.17\.0 is installed") as seen:
+        fallback = loss_trainer(small_llama(), tokenizer, num_generations=G, completion_length=max(COMPLETION_LENGTHS),
+                                output_dir=str(tmp_path))
+    assert sum("written against TRL" in str(w.message) for w in seen) == 1
+    batch = make_batch()  # prompts repeat: our path would group them
+    loss, _ = loss_and_grads(fallback, batch, shared=True)
+    assert calls == [len(batch["advantages"])]  # TRL's method, on every row at once
+    prompts = [[5, 6, 7]] * G
+    assert fallback._generate_single_turn(prompts, None, {}, G) == ("trl", G)
+
+
+def test_the_installed_trl_is_tested_and_keeps_the_overrides(tokenizer, tmp_path, recwarn):
+    assert trl_internals.major_minor(trl_internals.trl_version()) in trl_internals.TESTED_TRL
+    fresh = loss_trainer(small_llama(), tokenizer, num_generations=G, completion_length=max(COMPLETION_LENGTHS),
+                         output_dir=str(tmp_path))
+    assert not [w for w in recwarn if "written against TRL" in str(w.message)]
+    assert fresh.shared_prompt and "_get_per_token_logps_and_entropies" not in vars(fresh)
 
 
 def test_activation_checkpointing_falls_back_while_recording_gradients(trainer, monkeypatch):

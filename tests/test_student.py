@@ -101,6 +101,20 @@ def test_scoring_only_answer_positions_gives_trls_loss_and_gradients(teacher):
     assert not trl_utils._use_triton(torch.device("cpu"))  # restored on exit
 
 
+def test_answer_positions_only_leaves_an_untested_trl_alone_and_warns(monkeypatch):
+    from trl.trainer import utils as trl_utils
+
+    from distillery import trl_internals
+
+    original = trl_utils._use_triton
+    with sft.answer_positions_only():
+        assert trl_utils._use_triton(torch.device("cpu"))  # the patch, on the tested TRL
+    monkeypatch.setattr(trl_internals, "trl_version", lambda: "1.17.0")
+    with pytest.warns(UserWarning, match=r"answer_positions_only was written against TRL 1\.16 and TRL 1\.17\.0"):
+        with sft.answer_positions_only():
+            assert trl_utils._use_triton is original and not trl_utils._use_triton(torch.device("cpu"))
+
+
 def test_training_examples_put_the_loss_on_the_answer_only(clinical_spec, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
