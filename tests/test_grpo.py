@@ -218,10 +218,14 @@ def test_trainer_runs_two_grpo_steps_on_shared_prompts(tiny_path, tmp_path, toke
                       seed=0)
     trainer = SharedPromptGRPOTrainer(model=str(tiny_path), reward_funcs=[short], args=args, train_dataset=data,
                                       processing_class=tokenizer)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
     assert trainer.state.global_step == 2 and len(logs) == 2
     assert all(h["shared_prompt/token_fraction"] < 1.0 for h in logs)
+    after = dict(trainer.model.named_parameters())
+    changed = [n for n, p in before.items() if not torch.equal(p, after[n].detach())]
+    assert len(changed) == len(before), sorted(before.keys() - set(changed))  # every trainable tensor moved
 
 
 @pytest.fixture(scope="module")
