@@ -281,6 +281,7 @@ def test_distinct_prompts_generate_on_trls_path(generation_trainer, tokenizer, m
     assert len(ours) == 2
 
 
+@pytest.mark.slow
 def test_bench_on_a_tiny_model(tiny_path, tokenizer):
     prompts = ["Fever and productive cough. Answer:", "Flank pain radiating to the groin and blood in the urine."]
     out = grpo.bench_grpo_step(str(tiny_path), prompts=prompts, prompts_per_step=2, num_generations=4,

@@ -160,6 +160,8 @@ def labeled(clinical_spec, teacher, tmp_path):
     return spec, docs, seeds, labels
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_student_stage_trains_a_shallow_student_and_applies_the_gate(labeled, tmp_path):
     spec, docs, seeds, labels = labeled
     kept = sft.train_student(spec, labels, seeds, docs, out=tmp_path / "a", teacher_top1=0.0)
