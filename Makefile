@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 RUN := $(PY) -m flows.distill $(SPEC) --profile $(PROFILE) --until
 
-.PHONY: setup deps model demo-data demo seed teacher label student bulk inbox report test lock clean server deploy worker stop
+.PHONY: setup deps model demo-data demo seed teacher label student bulk inbox report test test-fast lock clean server deploy worker stop
 
 setup: deps model demo-data ## venv, pinned dependencies, base model, demo corpus
 
@@ -82,8 +82,11 @@ stop: ## stop the worker and the server started by `make worker` / `make server`
 report: ## rebuild the HTML report of the latest run from the catalog -> data/reports/<run>/index.html
 	$(PY) -m distillery.report $(SPEC) --profile $(PROFILE)
 
-test: ## the test suite (tiny random models; needs `make setup` first)
+test: ## the whole test suite, slow and integration tests included (tiny random models; needs `make setup` first)
 	$(PY) -m pytest tests
+
+test-fast: ## the test suite without the tests marked slow (flows end to end, subprocesses, Ray, the hostile corpus)
+	$(PY) -m pytest tests -m "not slow"
 
 lock: ## re-resolve constraints.txt from pyproject.toml in a scratch venv
 	rm -rf /tmp/distillery-lock && python3 -m venv /tmp/distillery-lock

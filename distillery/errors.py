@@ -65,5 +65,16 @@ class NotPromoted(DistilleryError):
         return (type(self), (self.task, self.reason))
 
 
+class SpecPathError(DistilleryError):
+    """A spec field pointing at a file or folder that is missing or unusable (a PDF source, a grader file)."""
+
+    def __init__(self, field: str, value: str, problem: str, fix: str):
+        self.field, self.value, self.problem, self.fix = field, str(value), problem, fix
+        super().__init__(f"{field}: {self.value!r} {problem}: {fix}")
+
+    def __reduce__(self):
+        return (type(self), (self.field, self.value, self.problem, self.fix))
+
+
 class TransientError(Exception):
     """A failure worth retrying (a worker lost, a timeout), kept apart from terminal errors."""

@@ -20,6 +20,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Callable
 
+from distillery.errors import SpecPathError
 from distillery.prompts import Answer, format_answer, match_label, parse_answer
 from distillery.spec import ExtractionOutput, FieldSpec, GraderSpec, TaskSpec
 
@@ -83,6 +84,10 @@ def grade_similarity(answer: Answer, gold: Any) -> Grade:
 _user_grade: dict[str, Callable] = {}
 
 
+class _NoGradeFunction(Exception):
+    """A user's grader file that loads but defines no callable `grade`."""
+
+
 def _load_user_grade(path: str) -> Callable:
     if path not in _user_grade:
         module_spec = importlib.util.spec_from_file_location("distillery_user_grader", path)
@@ -90,18 +95,23 @@ def _load_user_grade(path: str) -> Callable:
         module_spec.loader.exec_module(module)
         grade = getattr(module, "grade", None)
         if not callable(grade):
-            raise TypeError(f"{path} defines no function grade(sample, item)")
+            raise _NoGradeFunction(f"{path} defines no function grade(sample, item)")
         _user_grade[path] = grade
     return _user_grade[path]
 
 
-def _check_user_grade(path: str) -> str:
-    """In the worker: load the file; '' when it defines grade(), else why not."""
+GRADE_SIGNATURE = "def grade(sample, item) -> float, a score in [0, 1]"
+
+
+def _check_user_grade(path: str) -> tuple[str, str] | None:
+    """In the worker: load the file; None when it defines grade(), else (what is wrong, the fix)."""
     try:
         _load_user_grade(path)
-        return ""
+        return None
+    except _NoGradeFunction:
+        return "defines no function grade(sample, item)", f"add `{GRADE_SIGNATURE}` to the file"
     except BaseException as err:  # noqa: BLE001 - the user's file may raise anything, SystemExit included
-        return f"{type(err).__name__}: {err}"
+        return f"does not load ({type(err).__name__}: {err})", "fix the error in the file"
 
 
 def _call_user_grade(path: str, sample: dict, item: dict) -> tuple[float | None, str]:
@@ -123,17 +133,22 @@ class PythonGrader:
     sample: {"output_text", "output_json" (extraction), "ranked", "top", "status"}; item: {"answer": gold}.
     An exception, a non-number, a score outside [0, 1] or a timeout scores 0 with the reason; a call
     that times out kills the worker, and the next call starts a fresh one. A file that does not load
-    or defines no `grade` is refused when the grader is built.
+    or defines no `grade` is refused when the grader is built: a SpecPathError naming `field`.
     """
 
-    def __init__(self, path: str | Path, timeout_s: float = 5.0):
+    def __init__(self, path: str | Path, timeout_s: float = 5.0, *, field: str = "grader.path"):
         self.path, self.timeout_s = str(Path(path).resolve()), timeout_s
         if not Path(self.path).is_file():
-            raise ValueError(f"python grader: no file {self.path}")
+            raise SpecPathError(field, self.path, "is not a file",
+                                f"create it with `{GRADE_SIGNATURE}`, or set `{field}` to such a file")
         self._pool = None
-        error, why = self._run(_check_user_grade, (self.path,), max(timeout_s, 30.0))  # imports take a while
-        if error is None or error:
-            raise ValueError(f"python grader {self.path}: {error or 'loading it ' + why}")
+        problem, why = self._run(_check_user_grade, (self.path,), max(timeout_s, 30.0))  # imports take a while
+        if why:
+            self.close()
+            raise SpecPathError(field, self.path, f"did not load: {why}", "make importing the file quick")
+        if problem:
+            self.close()
+            raise SpecPathError(field, self.path, *problem)
 
     def _run(self, fn, args, timeout: float):
         """fn(*args) in the worker: (result, '') or (None, why it did not finish)."""
@@ -164,13 +179,13 @@ class PythonGrader:
 _python_graders: dict[tuple, PythonGrader] = {}
 
 
-def python_grader(path: Path, timeout_s: float) -> PythonGrader:
+def python_grader(path: Path, timeout_s: float, *, field: str = "grader.path") -> PythonGrader:
     """One grader (one worker) per file and limit, reloaded when the file changes."""
     key = (str(path.resolve()), timeout_s, path.stat().st_mtime_ns if path.exists() else None)
     if key not in _python_graders:
         for old in [k for k in _python_graders if k[:2] == key[:2]]:  # the file changed: retire its worker
             _python_graders.pop(old).close()
-        _python_graders[key] = PythonGrader(path, timeout_s)
+        _python_graders[key] = PythonGrader(path, timeout_s, field=field)
     return _python_graders[key]
 
 
@@ -256,8 +271,9 @@ def grade_format(answer: Answer, spec: TaskSpec) -> Grade:
     return Grade(1.0 if answer.status == "ok" else 0.5, f"parse {answer.status}")
 
 
-def build_grader(cfg: GraderSpec | dict, spec: TaskSpec) -> Grader:
-    """A grader function `(answer, gold) -> Grade` from the spec's grader section (nestable)."""
+def build_grader(cfg: GraderSpec | dict, spec: TaskSpec, *, field: str = "grader") -> Grader:
+    """A grader function `(answer, gold) -> Grade` from the spec's grader section (nestable); `field`
+    is where `cfg` sits in the spec, for error messages."""
     cfg = cfg if isinstance(cfg, GraderSpec) else GraderSpec.model_validate(cfg)
     if cfg.type == "ranked":
         return lambda a, g: grade_ranked(a, g, cfg.weights)
@@ -266,14 +282,15 @@ def build_grader(cfg: GraderSpec | dict, spec: TaskSpec) -> Grader:
     if cfg.type == "similarity":
         return grade_similarity
     if cfg.type == "python":
-        return python_grader(spec.path(cfg.path), cfg.timeout_s)
+        return python_grader(spec.path(cfg.path), cfg.timeout_s, field=f"{field}.path")
     if cfg.type == "fields":
         if not isinstance(spec.output, ExtractionOutput):
             raise ValueError("grader 'fields' needs output.kind: extraction")
         return lambda a, g: grade_fields(a, g, spec.output.fields)
     if cfg.type == "format":
         return lambda a, g: grade_format(a, spec)
-    parts = [(build_grader(c["grader"], spec), float(c.get("weight", 1.0))) for c in cfg.components]
+    parts = [(build_grader(c["grader"], spec, field=f"{field}.components.{i}.grader"), float(c.get("weight", 1.0)))
+             for i, c in enumerate(cfg.components)]
 
     def multi(a: Answer, g: Any) -> Grade:
         grades = [(grader(a, g), w) for grader, w in parts]

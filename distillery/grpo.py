@@ -31,6 +31,8 @@ import torch
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context, profiling_decorator
 
+from distillery.trl_internals import trl_tested
+
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Rows sharing a prompt: (first row of each group, group of each row), groups in order of first
@@ -98,11 +100,21 @@ def sample_on_shared_prompt(model, prompt: list[int], n: int, generation_config,
 
 
 class SharedPromptGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that forwards each prompt once per group; `shared_prompt = False` gives TRL's path."""
+    """GRPOTrainer that forwards each prompt once per group; `shared_prompt = False` gives TRL's path.
+
+    On a TRL release the overrides were not written against (`trl_internals.TESTED_TRL`) it is a plain
+    GRPOTrainer: TRL's own methods are bound on the instance, so ours never run (a private method whose
+    signature changed would not meet our override)."""
 
     shared_prompt: bool = True
 
     def __init__(self, *args, **kwargs):
+        if not trl_tested("SharedPromptGRPOTrainer"):
+            self.shared_prompt = False
+            for name in ("_get_per_token_logps_and_entropies", "_generate_single_turn"):
+                setattr(self, name, getattr(super(), name))
+            super().__init__(*args, **kwargs)
+            return
         super().__init__(*args, **kwargs)
         if self.args.activation_checkpointing:
             warnings.warn("SharedPromptGRPOTrainer needs the KV cache, which activation checkpointing drops: the loss "

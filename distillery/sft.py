@@ -25,12 +25,15 @@ def answer_positions_only():
     fixed for compilers such as Neuron's) and zeroes the prompt positions afterwards; on CPU nothing
     recompiles, and the full-vocabulary head over every prompt position is most of a shallow
     student's training time. Scoring only the positions the loss keeps gives the same loss and
-    gradients (tests/test_student.py). A no-op where TRL's internals differ.
+    gradients (tests/test_student.py). A no-op, with a warning, on a TRL release it was not written
+    against (`trl_internals.TESTED_TRL`), and where TRL's internals differ.
     """
     from trl.trainer import utils as trl_utils
 
+    from distillery.trl_internals import trl_tested
+
     original = getattr(trl_utils, "_use_triton", None)
-    if original is None:
+    if original is None or not trl_tested("answer_positions_only"):
         yield
         return
     trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)

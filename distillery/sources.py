@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from distillery import lake
+from distillery.errors import SpecPathError
 from distillery.spec import TaskSpec
 
 _GLOB = "*?["
@@ -34,24 +35,32 @@ def _local(source: str) -> str | None:
     return None
 
 
-def list_pdfs(source: str | Path) -> Iterator[str]:
+def missing_source(source: str, field: str = "source") -> SpecPathError:
+    """The error for a source that is neither a folder, a glob nor a URL that exists."""
+    return SpecPathError(field, source, "is not a folder, a glob or a URL that exists",
+                         f"create the folder, or set `{field}:` in the spec to the folder (or glob, or fsspec URL) "
+                         "that holds the PDFs")
+
+
+def list_pdfs(source: str | Path, *, field: str = "source") -> Iterator[str]:
     """Stream the PDF paths of a directory (recursively) or a glob, in sorted order per folder.
 
     Any fsspec URL works too (s3://, gs://, memory://, ...): its folders are listed one at a time
     (`fs.walk`), so a bucket of millions of files is never held in memory whole; paths come back as
-    URLs. A file:// URL is listed like the local path it names.
+    URLs. A file:// URL is listed like the local path it names. A source that does not exist raises
+    `SpecPathError` naming `field`, the spec field it came from.
     """
     source = str(source)
     local = _local(source)
     if local is None:
-        yield from _list_url(source)
+        yield from _list_url(source, field)
         return
     if any(ch in local for ch in _GLOB):
         yield from sorted(globlib.iglob(local, recursive=True))
         return
     root = Path(local)
     if not root.is_dir():
-        raise FileNotFoundError(f"PDF source {source} is not a directory or glob")
+        raise missing_source(source, field)
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
@@ -59,7 +68,7 @@ def list_pdfs(source: str | Path) -> Iterator[str]:
                 yield str(Path(folder) / name)
 
 
-def _walk_url(source: str, *, detail: bool = False):
+def _walk_url(source: str, *, detail: bool = False, field: str = "source"):
     """(fs, [(path, info)] per folder) of an fsspec URL: a glob is listed at once, a folder folder by folder."""
     import fsspec
 
@@ -68,7 +77,7 @@ def _walk_url(source: str, *, detail: bool = False):
         found = fs.glob(root, detail=True)
         return fs, iter([sorted((p, i) for p, i in found.items() if i.get("type") != "directory")])
     if not fs.isdir(root):
-        raise FileNotFoundError(f"PDF source {source} is not a directory or glob")
+        raise missing_source(source, field)
 
     def folders():
         for folder, dirs, files in fs.walk(root, detail=True):
@@ -76,8 +85,8 @@ def _walk_url(source: str, *, detail: bool = False):
     return fs, folders()
 
 
-def _list_url(source: str) -> Iterator[str]:
-    fs, folders = _walk_url(source)
+def _list_url(source: str, field: str) -> Iterator[str]:
+    fs, folders = _walk_url(source, field=field)
     for rows in folders:
         for path, _ in rows:
             if path.lower().endswith(".pdf"):

@@ -82,6 +82,8 @@ with bulk.exclusive(Path(sys.argv[1])):
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_second_concurrent_run_is_refused(clinical_spec, inbox, student, tmp_path):
     out = tmp_path / "bulk"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
@@ -106,6 +108,8 @@ bulk.bulk_label(spec, Path(sys.argv[2]), out=Path(sys.argv[3]), progress=False)
 """
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_sigkill_mid_run_then_rerun_labels_every_document_exactly_once(clinical_spec, inbox, student, tmp_path):
     out = tmp_path / "bulk"
     spec = _spec(clinical_spec, inbox, shard_size=4)
@@ -257,6 +261,8 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_ray_engine_labels_like_the_local_engine(clinical_spec, inbox, student, tmp_path, local_ray):
     spec = _spec(clinical_spec, inbox)
     local = bulk.bulk_label(spec, student, out=tmp_path / "local", progress=False)

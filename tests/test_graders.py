@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from distillery.errors import DistilleryError, SpecPathError
 from distillery.graders import (
     Grade,
     build_grader,
@@ -169,17 +171,48 @@ def test_python_grader_times_out_then_recovers(user_grader, clinical_spec):
     assert user_grader(answer, "Migraine").score == 1.0  # a fresh worker took over
 
 
-def test_python_grader_refuses_a_file_that_does_not_load_or_has_no_grade(tmp_path, clinical_spec):
-    with pytest.raises(ValueError, match="no file"):
-        build_grader({"type": "python", "path": str(tmp_path / "missing.py")}, clinical_spec)
+def test_a_missing_python_grader_file_is_a_spec_path_error_naming_the_fix(tmp_path, clinical_spec):
+    missing = tmp_path / "missing.py"
+    with pytest.raises(SpecPathError) as err:
+        build_grader({"type": "python", "path": str(missing)}, clinical_spec)
+    assert (err.value.field, err.value.value) == ("grader.path", str(missing))
+    assert "is not a file" in str(err.value) and "def grade(sample, item)" in err.value.fix
+
+
+def test_a_python_grader_file_without_grade_is_a_spec_path_error_naming_the_fix(tmp_path, clinical_spec):
     (tmp_path / "nograde.py").write_text("def score(sample, item):\n    return 1.0\n")
-    with pytest.raises(ValueError, match="defines no function grade"):
+    with pytest.raises(SpecPathError) as err:
         build_grader({"type": "python", "path": str(tmp_path / "nograde.py")}, clinical_spec)
+    assert err.value.field == "grader.path" and err.value.value == str(tmp_path / "nograde.py")
+    assert "defines no function grade" in err.value.problem and "add `def grade(sample, item)" in err.value.fix
+
+
+def test_a_python_grader_file_with_a_syntax_error_is_a_spec_path_error(tmp_path, clinical_spec):
     (tmp_path / "broken.py").write_text("def grade(sample, item):\n    return (\n")
-    with pytest.raises(ValueError, match="SyntaxError"):
+    with pytest.raises(SpecPathError) as err:
         build_grader({"type": "python", "path": str(tmp_path / "broken.py")}, clinical_spec)
+    assert err.value.field == "grader.path" and "SyntaxError" in err.value.problem
+    assert "fix the error in the file" in str(err.value)
+
+
+def test_a_bad_grader_file_inside_a_multi_grader_names_its_component(tmp_path, clinical_spec):
+    cfg = {"type": "multi", "components": [{"grader": {"type": "ranked"}},
+                                           {"grader": {"type": "python", "path": str(tmp_path / "nope.py")}}]}
+    with pytest.raises(SpecPathError, match=r"^grader\.components\.1\.grader\.path: "):
+        build_grader(cfg, clinical_spec)
+
+
+def test_a_python_grader_needs_a_path():
     with pytest.raises(ValueError, match="needs `path`"):
         GraderSpec(type="python")
+
+
+def test_spec_path_error_survives_pickling():
+    err = SpecPathError("grader.path", "g.py", "is not a file", "create it")
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, DistilleryError)
+    assert (back.field, back.value, back.problem, back.fix, str(back)) == (err.field, err.value, err.problem,
+                                                                          err.fix, str(err))
 
 
 def test_the_example_python_grader_validates_like_ranked(clinical_spec):

@@ -8,8 +8,8 @@ import torch
 from trl import GRPOTrainer
 
 from bench import grpo_step
-from distillery import grpo
 from bench.grpo_step import loss_and_grads, loss_trainer
+from distillery import grpo, trl_internals
 from distillery.grpo import SharedPromptGRPOTrainer, prompt_groups, tokens_per_step
 from distillery.models import load_tokenizer, tiny_model
 
@@ -152,6 +152,35 @@ def test_distinct_prompts_fall_back_to_trls_path(trainer, monkeypatch):
     assert torch.equal(ours, trl)
 
 
+def test_an_untested_trl_gets_trls_own_scoring_and_generation_and_one_warning(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(trl_internals, "trl_version", lambda: "1.17.0")
+
+    def ours(*args, **kwargs):
+        pytest.fail("an override ran on an untested TRL")
+
+    for name in ("_get_per_token_logps_and_entropies", "_generate_single_turn", "_score_on_shared_prompts"):
+        monkeypatch.setattr(SharedPromptGRPOTrainer, name, ours)
+    calls = spy_parent(monkeypatch)
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", lambda self, prompts, *a, **k: ("trl", len(prompts)))
+    with pytest.warns(UserWarning, match=r"written against TRL 1\.16 and TRL 1\.17\.0 is installed") as seen:
+        fallback = loss_trainer(small_llama(), tokenizer, num_generations=G, completion_length=max(COMPLETION_LENGTHS),
+                                output_dir=str(tmp_path))
+    assert sum("written against TRL" in str(w.message) for w in seen) == 1
+    batch = make_batch()  # prompts repeat: our path would group them
+    loss, _ = loss_and_grads(fallback, batch, shared=True)
+    assert calls == [len(batch["advantages"])]  # TRL's method, on every row at once
+    prompts = [[5, 6, 7]] * G
+    assert fallback._generate_single_turn(prompts, None, {}, G) == ("trl", G)
+
+
+def test_the_installed_trl_is_tested_and_keeps_the_overrides(tokenizer, tmp_path, recwarn):
+    assert trl_internals.major_minor(trl_internals.trl_version()) in trl_internals.TESTED_TRL
+    fresh = loss_trainer(small_llama(), tokenizer, num_generations=G, completion_length=max(COMPLETION_LENGTHS),
+                         output_dir=str(tmp_path))
+    assert not [w for w in recwarn if "written against TRL" in str(w.message)]
+    assert fresh.shared_prompt and "_get_per_token_logps_and_entropies" not in vars(fresh)
+
+
 def test_activation_checkpointing_falls_back_while_recording_gradients(trainer, monkeypatch):
     batch = make_batch()
     calls = spy_parent(monkeypatch)
@@ -191,10 +220,14 @@ def test_trainer_runs_two_grpo_steps_on_shared_prompts(tiny_path, tmp_path, toke
                       seed=0)
     trainer = SharedPromptGRPOTrainer(model=str(tiny_path), reward_funcs=[short], args=args, train_dataset=data,
                                       processing_class=tokenizer)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
     assert trainer.state.global_step == 2 and len(logs) == 2
     assert all(h["shared_prompt/token_fraction"] < 1.0 for h in logs)
+    after = dict(trainer.model.named_parameters())
+    changed = [n for n, p in before.items() if not torch.equal(p, after[n].detach())]
+    assert len(changed) == len(before), sorted(before.keys() - set(changed))  # every trainable tensor moved
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +283,7 @@ def test_distinct_prompts_generate_on_trls_path(generation_trainer, tokenizer, m
     assert len(ours) == 2
 
 
+@pytest.mark.slow
 def test_bench_on_a_tiny_model(tiny_path, tokenizer):
     prompts = ["Fever and productive cough. Answer:", "Flank pain radiating to the groin and blood in the urine."]
     out = grpo_step.bench_grpo_step(str(tiny_path), prompts=prompts, prompts_per_step=2, num_generations=4,

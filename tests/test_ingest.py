@@ -7,6 +7,7 @@ import yaml
 
 from conftest import CLINICAL_YAML
 from distillery import lake, synth
+from distillery.errors import SpecPathError
 from distillery.ingest import ingest
 from distillery.sources import list_pdfs, source_hash
 from distillery.spec import parse_spec
@@ -64,9 +65,24 @@ def test_list_pdfs_accepts_a_glob(corpus):
                                                                                                "a/case-1.pdf"]
 
 
-def test_list_pdfs_of_a_missing_folder_raises(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        list(list_pdfs(tmp_path / "nope"))
+def test_list_pdfs_of_a_missing_folder_is_a_spec_path_error_naming_the_field(tmp_path):
+    with pytest.raises(SpecPathError) as err:
+        list(list_pdfs(tmp_path / "nope", field="bulk.source"))
+    assert (err.value.field, err.value.value) == ("bulk.source", str(tmp_path / "nope"))
+    assert "set `bulk.source:` in the spec" in str(err.value)
+
+
+def test_ingesting_a_missing_source_folder_names_the_source_field_and_the_fix(tmp_path):
+    with pytest.raises(SpecPathError) as err:
+        ingest(_spec(tmp_path / "nope"), out=tmp_path / "out")
+    assert str(err.value).startswith(f"source: '{tmp_path / 'nope'}' is not a folder")
+    assert "create the folder, or set `source:`" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_fsspec_source_is_a_spec_path_error():
+    with pytest.raises(SpecPathError, match="memory://no/such/folder"):
+        list(list_pdfs("memory://no/such/folder"))
 
 
 def test_source_hash_changes_when_a_file_changes(tmp_path):

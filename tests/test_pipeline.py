@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -16,6 +17,8 @@ from distillery.report import SECTIONS
 from distillery.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 TINY = {
     "teacher": {"sft": {"max_steps": 2, "batch_size": 4}, "eval_max_items": 6,
@@ -46,85 +49,8 @@ def tiny_task(tmp_path_factory) -> Path:
     return root
 
 
-def _count(con, sql: str) -> int:
-    return con.execute(sql).fetchone()[0]
-
-
-def test_distill_flow_runs_all_stages_then_reuses_them(tiny_task, tmp_path, monkeypatch):
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.distill import distill
-
-    monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "results"))
-    spec_path = str(tiny_task / "tiny.yaml")
-    truth = json.loads((tiny_task / "truth.json").read_text())
-    valid = sum(t["verdict"] == "ok" for t in truth)
-    with prefect_test_harness():
-        first = distill(spec_path, None)
-        with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
-            assert _count(con, "select count(*) from bulk_labels") == valid
-            assert _count(con, "select count(distinct sha256) from bulk_labels") == valid
-            planted = {t["file"]: t["verdict"] for t in truth if t["verdict"] != "ok"}
-            rows = con.execute("select path, reason from quarantine").fetchall()
-            assert {Path(p).name: r for p, r in rows} == planted
-            for view in lake.VIEWS:
-                assert _count(con, f"select count(*) from {view}") > 0, view
-            runs_after_first = _count(con, "select count(*) from runs")
-            labels = con.execute("select label from bulk_labels").fetchall()
-        spec = load_spec(spec_path)
-        assert all(label in spec.output.labels for (label,) in labels)
-        page = Path(first["report"]).read_text()
-        assert Path(first["report"]).parent.parent == tmp_path / "reports"
-        assert all(f'id="{section}"' in page for section in SECTIONS) and "not run" not in page
-
-        second = distill(spec_path, None)
-        assert second["outputs"] == first["outputs"]
-        assert set(second["states"].values()) == {"Cached"}, second["states"]
-        with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
-            stages = [s for (s,) in con.execute("select stage from runs order by started_at").fetchall()]
-        assert stages[runs_after_first:] == []  # every stage, bulk included, came from the cache
-
-        raw = yaml.safe_load(Path(spec_path).read_text())
-        raw["student"]["sft"]["learning_rate"] = 1e-4
-        changed = tmp_path / "changed.yaml"
-        changed.write_text(yaml.safe_dump(raw))
-        third = distill(str(changed), None)
-        assert third["states"] == {"ingest": "Cached", "seed": "Cached", "teacher": "Cached", "label": "Cached",
-                                   "student": "Completed", "bulk": "Completed"}
-        assert third["outputs"]["student"] != first["outputs"]["student"]
-        with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
-            stages = [s for (s,) in con.execute("select stage from runs order by started_at").fetchall()]
-        assert stages[runs_after_first:] == ["student", "bulk"]
-        with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
-            assert _count(con, "select count(*) from bulk_labels") == valid  # relabeled, not doubled
-            models = con.execute("select distinct model from bulk_labels").fetchall()
-        assert len(models) == 1 and third["outputs"]["student"]["model"] in models[0][0]
-
-        raw["student"]["sft"]["learning_rate"] = 2e-4
-        strict = tmp_path / "strict.yaml"
-        strict.write_text(yaml.safe_dump(raw))
-        from tasks import stages
-
-        with pytest.MonkeyPatch.context() as mp:  # this student fails the promotion gate
-            mp.setattr(stages.student, "promotion", lambda spec, s, t: {"promoted": False, "reason": "below the gate"})
-            fourth = distill(str(strict), None)
-        assert fourth["states"]["student"] == "Completed" and fourth["states"]["bulk"] == "Cached"
-        assert fourth["outputs"]["bulk"] == third["outputs"]["bulk"]  # still the promoted student's labels
-        assert lake.current_model(tmp_path, "clinical") == third["outputs"]["student"]["model"]
-
-        from flows.bulk import bulk
-
-        inbox = tmp_path / "inbox"
-        inbox.mkdir()
-        for i in range(100, 103):
-            (inbox / f"new-{i}.pdf").write_bytes(synth.case_pdf(synth.make_case(i), i))
-        scheduled = bulk(str(changed), None, str(inbox))
-        assert scheduled["counts"] == {"seen": 3, "skipped": 0, "labeled": 3, "quarantined": 0}
-        assert bulk(str(changed), None, str(inbox))["counts"]["skipped"] == 3
-        with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
-            assert _count(con, "select count(*) from bulk_labels") == valid + 3
-
-
+# Its own data root, result store and Prefect server: it deletes a stage's output, which the flow runs
+# below must not find in their result store.
 def test_deleted_stage_output_is_rebuilt_not_reported_cached(tiny_task, tmp_path, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 
@@ -140,3 +66,169 @@ def test_deleted_stage_output_is_rebuilt_not_reported_cached(tiny_task, tmp_path
         second = distill(spec_path, None, "seed")
     assert Path(second["outputs"]["seed"]["seed_labels"]).exists()
     assert second["states"] == {"ingest": "Cached", "seed": "Completed"}
+
+
+def _catalog(home: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(home / "catalog.duckdb"), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def _stages_run(home: Path) -> list[str]:
+    return [s for (s,) in _catalog(home, "select stage from runs order by started_at")]
+
+
+def _with_spec(spec_path: Path, out: Path, **student_sft) -> str:
+    """A copy of the spec with other student SFT settings (a changed cache key for student and bulk only)."""
+    raw = yaml.safe_load(spec_path.read_text())
+    raw["student"]["sft"].update(student_sft)
+    out.write_text(yaml.safe_dump(raw))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def flow_home(tiny_task, tmp_path_factory):
+    """One Prefect test server, data root and result store for the flow runs below, which build on each other."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILLERY_HOME", str(home))
+        mp.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(home / "results"))
+        with prefect_test_harness():
+            yield home
+
+
+@contextmanager
+def _in(home: Path):
+    """The module's data root, whatever a test's own DISTILLERY_HOME says."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILLERY_HOME", str(home))
+        yield
+
+
+@pytest.fixture(scope="module")
+def first_run(flow_home, tiny_task) -> dict:
+    """The flow over every stage, from nothing."""
+    from flows.distill import distill
+
+    with _in(flow_home):
+        result = distill(str(tiny_task / "tiny.yaml"), None)
+    return {"result": result, "runs": len(_stages_run(flow_home)),
+            "truth": json.loads((tiny_task / "truth.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def second_run(first_run, flow_home, tiny_task) -> dict:
+    """The same flow again, nothing changed."""
+    from flows.distill import distill
+
+    with _in(flow_home):
+        result = distill(str(tiny_task / "tiny.yaml"), None)
+    return {"result": result, "new_runs": _stages_run(flow_home)[first_run["runs"]:]}
+
+
+@pytest.fixture(scope="module")
+def third_run(second_run, first_run, flow_home, tiny_task) -> dict:
+    """The flow with another student learning rate."""
+    from flows.distill import distill
+
+    spec = _with_spec(tiny_task / "tiny.yaml", flow_home / "changed.yaml", learning_rate=1e-4)
+    with _in(flow_home):
+        result = distill(spec, None)
+    return {"result": result, "spec": spec, "new_runs": _stages_run(flow_home)[first_run["runs"]:],
+            "bulk_rows": _catalog(flow_home, "select count(*) from bulk_labels")[0][0],
+            "bulk_models": _catalog(flow_home, "select distinct model from bulk_labels")}
+
+
+@pytest.fixture(scope="module")
+def fourth_run(third_run, flow_home, tiny_task) -> dict:
+    """The flow with yet another student, one that fails the promotion gate."""
+    from flows.distill import distill
+    from tasks import stages
+
+    spec = _with_spec(tiny_task / "tiny.yaml", flow_home / "strict.yaml", learning_rate=2e-4)
+    with _in(flow_home), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stages.student, "promotion", lambda spec, s, t: {"promoted": False, "reason": "below the gate"})
+        result = distill(spec, None)
+    return {"result": result, "current_model": lake.current_model(flow_home, "clinical")}
+
+
+@pytest.fixture(scope="module")
+def inbox_runs(fourth_run, third_run, flow_home) -> dict:
+    """The scheduled bulk flow on an inbox of three new PDFs, twice."""
+    from flows.bulk import bulk
+
+    inbox = flow_home / "inbox"
+    inbox.mkdir()
+    for i in range(100, 103):
+        (inbox / f"new-{i}.pdf").write_bytes(synth.case_pdf(synth.make_case(i), i))
+    with _in(flow_home):
+        first = bulk(third_run["spec"], None, str(inbox))
+        again = bulk(third_run["spec"], None, str(inbox))
+    return {"first": first, "again": again, "bulk_rows": _catalog(flow_home, "select count(*) from bulk_labels")[0][0]}
+
+
+def _valid(run: dict) -> int:
+    return sum(t["verdict"] == "ok" for t in run["truth"])
+
+
+def test_the_flow_bulk_labels_every_valid_pdf_exactly_once(first_run, flow_home):
+    [(rows, distinct)] = _catalog(flow_home, "select count(*), count(distinct sha256) from bulk_labels")
+    assert rows == distinct == _valid(first_run)
+
+
+def test_the_flow_quarantines_each_planted_bad_pdf_with_its_reason(first_run, flow_home):
+    planted = {t["file"]: t["verdict"] for t in first_run["truth"] if t["verdict"] != "ok"}
+    assert {Path(p).name: r for p, r in _catalog(flow_home, "select path, reason from quarantine")} == planted
+
+
+def test_every_catalog_view_has_rows_after_the_flow(first_run, flow_home):
+    for view in lake.VIEWS:
+        assert _catalog(flow_home, f"select count(*) from {view}")[0][0] > 0, view
+
+
+def test_bulk_labels_are_labels_of_the_schema(first_run, flow_home, tiny_task):
+    labels = load_spec(tiny_task / "tiny.yaml").output.labels
+    assert all(label in labels for (label,) in _catalog(flow_home, "select label from bulk_labels"))
+
+
+def test_the_flow_writes_a_report_with_every_section_under_the_data_root(first_run, flow_home):
+    report = Path(first_run["result"]["report"])
+    page = report.read_text()
+    assert report.parent.parent == flow_home / "reports"
+    assert all(f'id="{section}"' in page for section in SECTIONS) and "not run" not in page
+
+
+def test_a_second_run_reuses_every_stage_from_the_cache(second_run, first_run):
+    assert second_run["result"]["outputs"] == first_run["result"]["outputs"]
+    assert set(second_run["result"]["states"].values()) == {"Cached"}, second_run["result"]["states"]
+    assert second_run["new_runs"] == []  # every stage, bulk included, came from the cache
+
+
+def test_a_changed_student_setting_reruns_only_student_and_bulk(third_run, first_run):
+    assert third_run["result"]["states"] == {"ingest": "Cached", "seed": "Cached", "teacher": "Cached",
+                                             "label": "Cached", "student": "Completed", "bulk": "Completed"}
+    assert third_run["result"]["outputs"]["student"] != first_run["result"]["outputs"]["student"]
+    assert third_run["new_runs"] == ["student", "bulk"]
+
+
+def test_a_new_student_relabels_the_bulk_labels_instead_of_adding_to_them(third_run, first_run):
+    assert third_run["bulk_rows"] == _valid(first_run)
+    assert len(third_run["bulk_models"]) == 1
+    assert third_run["result"]["outputs"]["student"]["model"] in third_run["bulk_models"][0][0]
+
+
+def test_a_student_below_the_gate_keeps_the_promoted_students_bulk_labels(fourth_run, third_run):
+    states, outputs = fourth_run["result"]["states"], fourth_run["result"]["outputs"]
+    assert states["student"] == "Completed" and states["bulk"] == "Cached"
+    assert outputs["bulk"] == third_run["result"]["outputs"]["bulk"]
+    assert fourth_run["current_model"] == third_run["result"]["outputs"]["student"]["model"]
+
+
+def test_the_bulk_flow_labels_the_new_pdfs_of_an_inbox(inbox_runs, first_run):
+    assert inbox_runs["first"]["counts"] == {"seen": 3, "skipped": 0, "labeled": 3, "quarantined": 0}
+    assert inbox_runs["bulk_rows"] == _valid(first_run) + 3
+
+
+def test_the_bulk_flow_skips_an_inbox_it_has_labeled(inbox_runs):
+    assert inbox_runs["again"]["counts"]["skipped"] == 3

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.robustness import DEFAULT_HOSTILE, robustness
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_the_shared_hostile_corpus_gets_the_right_verdicts_with_no_crash():
