@@ -459,7 +459,7 @@ def section_confusion(spec: TaskSpec, run: _Run) -> Raw:
     recall = []
     for i, label in enumerate(labels):
         support = sum(panels[0][2][i])
-        recall.append([label, support, *[(p[2][i][i] / sum(p[2][i])) if sum(p[2][i]) else None for p in panels]])
+        recall.append([spec.output.described(label), support, *[(p[2][i][i] / sum(p[2][i])) if sum(p[2][i]) else None for p in panels]])
     parts.append(table(["expert label", "items", *[f"{m} recall" for m, *_ in panels]], recall))
     for stage in ("teacher", "student"):
         if not any(m == stage for m, _ in sets):

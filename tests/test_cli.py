@@ -18,12 +18,12 @@ def test_grade_validate_passes_on_the_shipped_specs(capsys):
     assert "shuffled_rank" in out and "wrong_field" in out
 
 
-def test_grade_validate_fails_when_the_grader_cannot_tell_a_shuffled_rank(tmp_path, monkeypatch, capsys):
+def test_grade_validate_fails_when_the_grader_cannot_tell_a_shuffled_rank(tmp_path, capsys):
     raw = yaml.safe_load(CLINICAL_YAML.read_text())
     raw["grader"]["weights"] = [1.0, 1.0]  # second place earns full credit: shuffled ranks look gold
+    raw["seeds"]["path"] = str(CLINICAL_YAML.parent / raw["seeds"]["path"])
     spec = tmp_path / "flat.yaml"
     spec.write_text(yaml.safe_dump(raw))
-    monkeypatch.chdir(REPO)
     assert main(["grade", "validate", str(spec)]) == 1
     assert "FAIL" in capsys.readouterr().out
 
@@ -43,7 +43,7 @@ def test_the_invoice_extraction_spec_runs_through_seed_import_and_grading(tmp_pa
 
     synth.generate_invoices(tmp_path / "invoices", 40)
     spec = load_spec(REPO / "data" / "demo" / "invoices.yaml")
-    spec = spec.model_copy(update={"source": str(tmp_path / "invoices"), "root": str(REPO)})
+    spec = spec.model_copy(update={"source": str(tmp_path / "invoices")})
     docs = ingest.ingest(spec, out=tmp_path / "ingest")
     assert docs.counts["documents"] == 40 and docs.counts["quarantined"] == 0
     seeds = seed.import_seeds(spec, docs.path("documents"), out=tmp_path / "seed")

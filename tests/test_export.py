@@ -14,6 +14,8 @@ from distillery.errors import DistilleryError
 from distillery.export import export, from_label_studio, label_studio_config, load_labels, seeds_from_label_studio
 from distillery.plan import plan, render
 
+from conftest import CLINICAL_YAML
+
 LABELS = ["Pneumonia", "Migraine", "Lyme disease"]
 
 
@@ -67,6 +69,17 @@ def test_label_studio_round_trip_keeps_every_label(catalog, clinical_spec, tmp_p
     assert list(back["sha256"]) == ["h0", "h1", "h2"]
     config = path.with_suffix(".config.xml").read_text()
     assert config == label_studio_config(clinical_spec) and config.count("<Choice ") == 10
+
+
+def test_label_studio_config_shows_each_labels_description(clinical_spec):
+    import xml.etree.ElementTree as ET
+
+    out = clinical_spec.output.model_copy(update={"label_descriptions": {"Migraine": 'headaches "with aura" & <nausea>'}})
+    view = ET.fromstring(label_studio_config(clinical_spec.model_copy(update={"output": out})))
+    choices = {c.get("value"): c.get("hint") for c in view.iter("Choice")}
+    assert choices["Migraine"] == 'headaches "with aura" & <nausea>' and choices["Pneumonia"] is None
+    assert [h.get("value") for h in view.iter("Header")] == ['Migraine: headaches "with aura" & <nausea>']
+    assert len(choices) == 10
 
 
 def test_a_reviewers_annotation_wins_and_becomes_a_seed(catalog, clinical_spec, tmp_path):
@@ -127,7 +140,7 @@ def test_cli_help_and_subcommands(catalog, clinical_spec, tmp_path, capsys):
     out = capsys.readouterr().out
     for command in ("run", "status", "plan", "export", "import-label-studio", "query", "grade"):
         assert command in out
-    spec = str(clinical_spec.path("data/demo/clinical.yaml"))
+    spec = str(CLINICAL_YAML)
     assert main(["export", spec, "--format", "jsonl", "--out", str(tmp_path / "l.jsonl")]) == 0
     assert len((tmp_path / "l.jsonl").read_text().splitlines()) == 3
     assert main(["plan", spec, "--docs", "10"]) == 0

@@ -185,7 +185,7 @@ def test_python_grader_refuses_a_file_that_does_not_load_or_has_no_grade(tmp_pat
 def test_the_example_python_grader_validates_like_ranked(clinical_spec):
     from distillery.graders import validate_grader
 
-    spec = clinical_spec.model_copy(update={"grader": GraderSpec(type="python", path="data/demo/grade_ranked.py")})
+    spec = clinical_spec.model_copy(update={"grader": GraderSpec(type="python", path="grade_ranked.py")})
     table, ok = validate_grader(spec, ["Migraine", "Pneumonia", "Lyme disease"])
     assert ok
     assert {row["answer"]: row["mean"] for row in table} == {"gold": 1.0, "unparsable": 0.0, "wrong_label": 0.0,
@@ -371,7 +371,7 @@ CLASSIFICATION_GRADERS = [
     {"type": "exact"},
     {"type": "similarity"},
     {"type": "format"},
-    {"type": "python", "path": "data/demo/grade_ranked.py"},
+    {"type": "python", "path": "grade_ranked.py"},
     {"type": "multi", "components": [{"grader": {"type": "ranked"}, "weight": 2}, {"grader": {"type": "format"}}]},
 ]
 LABELS = ["Type 1 diabetes", "Hypothyroidism", "Hyperthyroidism", "Iron deficiency anemia", "Pneumonia",
