@@ -131,3 +131,12 @@ bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the d
 bench-bulk: ## bulk labeling at scale (MODEL=path: another labeling model): end-to-end vs extraction-only vs inference-only, overlap, MFU -> data/bench/bulk.json
 	$(PY) -m distillery.bench bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000) $(if $(MODEL),--model $(MODEL))
 
+# A real task: TeX Live package manuals -> their TeX Live collection (data/texlive/texlive_dev.yaml).
+# The PDFs are rebuilt from Debian packages (as root, with apt; ~856 MB download, DEBS=dir keeps
+# the .debs) into data/texlive/pdfs, which git ignores.
+TEXLIVE ?= ../shared/corpora/texlive_dev
+.PHONY: texlive-dev
+texlive-dev: data/texlive/pdfs/.done ## build the texlive_dev corpus (919 PDFs) for data/texlive/texlive_dev.yaml
+data/texlive/pdfs/.done:
+	$(if $(DEBS),DEBS=$(DEBS)) sh $(TEXLIVE)/build.sh data/texlive/pdfs
+	touch $@
