@@ -1,7 +1,9 @@
-# Distillery: `make setup` once, then `make demo` (whole pipeline) or one stage at a time.
+# Distillery: `make setup` once, then `make demo` (whole pipeline) or one stage at a time;
+# `make run SPEC=your.yaml` for your own task (it never touches the demo corpus).
 SHELL := /bin/bash
 PY := .venv/bin/python
-SPEC ?= data/demo/clinical.yaml
+DEMO_SPEC := data/demo/clinical.yaml
+SPEC ?= $(DEMO_SPEC)
 PROFILE ?= demo
 SAMPLING_SEEDS ?= 0,1,2
 N ?= 1300
@@ -16,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 RUN := $(PY) -m flows.distill $(SPEC) --profile $(PROFILE) --until
 
-.PHONY: setup deps model demo-data demo seed teacher label student bulk inbox report test test-fast lock clean server deploy worker stop
+.PHONY: setup deps model demo-data demo run seed teacher label student bulk inbox report test test-fast lock clean server deploy worker stop
 
 setup: deps model demo-data ## venv, pinned dependencies, base model, demo corpus
 
@@ -37,8 +39,17 @@ data/demo/pdfs/.done: distillery/synth.py data/demo/generate.py | .venv/.deps
 	$(PY) data/demo/generate.py --n $(N)
 	touch $@
 
+# Only the demo needs the demo corpus: `make demo` runs the demo spec and nothing else.
+ifeq ($(SPEC),$(DEMO_SPEC))
 demo: setup ## all five stages on the demo task (~13 min on 2 CPU cores; a rerun is all Cached)
 	$(RUN) bulk
+else
+demo:
+	@echo "make demo runs the demo task only; for $(SPEC): make run SPEC=$(SPEC)" >&2; exit 2
+endif
+
+run: deps model ## every stage of SPEC (UNTIL=stage to stop early); needs no demo corpus
+	$(RUN) $(or $(UNTIL),bulk)
 
 seed: ; $(RUN) seed
 teacher: ; $(RUN) teacher
@@ -124,3 +135,13 @@ bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the d
 .PHONY: bench-bulk
 bench-bulk: ## bulk labeling at scale (MODEL=path: another labeling model): end-to-end vs extraction-only vs inference-only, overlap, MFU -> data/bench/bulk.json
 	$(PY) -m bench.bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000) $(if $(MODEL),--model $(MODEL))
+
+# A real task: TeX Live package manuals -> their TeX Live collection (data/texlive/texlive_dev.yaml).
+# The PDFs are rebuilt from Debian packages (as root, with apt; ~856 MB download, DEBS=dir keeps
+# the .debs) into data/texlive/pdfs, which git ignores.
+TEXLIVE ?= ../shared/corpora/texlive_dev
+.PHONY: texlive-dev
+texlive-dev: data/texlive/pdfs/.done ## build the texlive_dev corpus (919 PDFs) for data/texlive/texlive_dev.yaml
+data/texlive/pdfs/.done:
+	$(if $(DEBS),DEBS=$(DEBS)) sh $(TEXLIVE)/build.sh data/texlive/pdfs
+	touch $@

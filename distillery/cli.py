@@ -70,30 +70,63 @@ def _import_label_studio(args) -> int:
 
 
 def _plan(args) -> int:
-    from distillery.plan import plan, render
+    from distillery.plan import compare_last, measure, plan, remember, render
     from distillery.spec import load_spec
 
     spec = load_spec(args.spec, args.profile)
-    print(render(plan(spec, bulk_docs=args.docs, speedup=args.speedup, root=args.home), gpu=args.speedup != 1.0))
+    sample = None if args.no_measure else measure(spec, args.sample)
+    result = plan(spec, bulk_docs=args.docs, speedup=args.speedup, root=args.home, sample=sample)
+    print(render(result, gpu=args.speedup != 1.0, last=compare_last(args.home, spec.name)))
+    remember(result, args.home)
+    return 0
+
+
+def _init(args) -> int:
+    from pathlib import Path
+
+    from distillery.scaffold import init_task
+
+    path, found = init_task(Path(args.dir), Path(args.pdfs), Path(args.seeds), name=args.name, force=args.force)
+    print(f"wrote {path}: {len(found['labels'])} labels ({', '.join(found['labels'])}), "
+          f"{found['documents']} PDFs, {found['seeds']} seed rows")
+    if found["unmatched"]:
+        shown = ", ".join(found["unmatched"][:5]) + (" ..." if len(found["unmatched"]) > 5 else "")
+        print(f"warning: {len(found['unmatched'])} seed document(s) match no PDF of the folder: {shown}")
+    print(f"next: describe each label in one line in {path}, then `distillery plan {path}` and `distillery run {path}`")
     return 0
 
 
 def _run(args) -> int:
+    from distillery.spec import load_spec
+
+    load_spec(args.spec, args.profile)  # a bad spec is an error message here, not a failed flow run
     from flows.distill import distill
 
-    distill(args.spec, args.profile, args.until)
+    result = distill(args.spec, args.profile, args.until)
+    for stage, state in result["states"].items():
+        print(f"{stage:<9}{state}")
+    if result.get("report"):
+        print(f"report: {result['report']}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from distillery.errors import DistilleryError
     from distillery.lake import STAGES
+    from distillery.spec import DEFAULT_PROFILE
 
     ap = argparse.ArgumentParser(prog="distillery", description="Expert labels -> RFT teacher -> student -> bulk labels.")
     sub = ap.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="write a commented spec for a folder of PDFs and a seed file")
+    init.add_argument("dir", help="folder the spec is written to (<dir>/<name>.yaml)")
+    init.add_argument("--pdfs", required=True, help="folder of the task's PDFs")
+    init.add_argument("--seeds", required=True, help="seed file (CSV, JSONL or Parquet: document, answer)")
+    init.add_argument("--name", default=None, help="task name (default: the folder's name)")
+    init.add_argument("--force", action="store_true", help="write over an existing spec")
+    init.set_defaults(fn=_init)
     run = sub.add_parser("run", help="run the distill flow (all stages, or up to --until)")
     run.add_argument("spec")
-    run.add_argument("--profile", default="demo")
+    run.add_argument("--profile", default=DEFAULT_PROFILE)
     run.add_argument("--until", default="bulk", choices=STAGES)
     run.set_defaults(fn=_run)
     grade = sub.add_parser("grade", help="grader tools")
@@ -104,19 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     validate.set_defaults(fn=_grade_validate)
     stat = sub.add_parser("status", help="each stage: cached or stale, and why")
     stat.add_argument("spec")
-    stat.add_argument("--profile", default="demo")
+    stat.add_argument("--profile", default=DEFAULT_PROFILE)
     stat.set_defaults(fn=_status)
     plan = sub.add_parser("plan", help="estimated time of each stage at the spec's sizes, from measured rates")
     plan.add_argument("spec")
-    plan.add_argument("--profile", default="demo")
+    plan.add_argument("--profile", default=DEFAULT_PROFILE)
     plan.add_argument("--docs", type=int, default=None, help="documents to bulk-label (default: count the source)")
     plan.add_argument("--speedup", type=float, default=1.0,
                       help="target device throughput / this machine's (an assumption; the plan prints it)")
     plan.add_argument("--home", default=None, help="artifact root (default $DISTILLERY_HOME or ./data)")
+    plan.add_argument("--sample", type=int, default=20, help="PDFs extracted to measure prompt tokens and extraction")
+    plan.add_argument("--no-measure", action="store_true", help="skip the sample: the benchmarks' rates as they are")
     plan.set_defaults(fn=_plan)
     exp = sub.add_parser("export", help="labels to CSV, JSONL or Label Studio JSON")
     exp.add_argument("spec")
-    exp.add_argument("--profile", default="demo")
+    exp.add_argument("--profile", default=DEFAULT_PROFILE)
     exp.add_argument("--format", choices=["csv", "jsonl", "label-studio"], default="csv")
     exp.add_argument("--table", choices=["bulk_labels", "machine_labels"], default="bulk_labels")
     exp.add_argument("--out", default=None, help="output file (default data/exports/<task>-<table>.<ext>)")
@@ -126,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("spec")
     imp.add_argument("file")
     imp.add_argument("--out", required=True, help="seed CSV to write (document, answer)")
-    imp.add_argument("--profile", default="demo")
+    imp.add_argument("--profile", default=DEFAULT_PROFILE)
     imp.add_argument("--predictions", action="store_true", help="also take unreviewed predictions")
     imp.set_defaults(fn=_import_label_studio)
     query = sub.add_parser("query", help="SQL against the DuckDB catalog")

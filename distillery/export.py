@@ -78,9 +78,15 @@ def to_jsonl(df: pd.DataFrame, path: Path, spec: TaskSpec) -> Path:
 def label_studio_config(spec: TaskSpec) -> str:
     """The labeling interface that matches the exported tasks (paste it into the project settings)."""
     if isinstance(spec.output, ClassificationOutput):
-        choices = "".join(f"\n    <Choice value={quoteattr(label)}/>" for label in spec.output.labels)
+        out = spec.output
+        # A choice's `hint` shows on hover (where Label Studio enables it); the legend always shows.
+        choices = "".join(f"\n    <Choice value={quoteattr(label)}"
+                          + (f" hint={quoteattr(out.label_descriptions[label])}" if label in out.label_descriptions else "")
+                          + "/>" for label in out.labels)
+        legend = "".join(f'\n  <Header size="6" value={quoteattr(f"{label}: {out.label_descriptions[label]}")}/>'
+                         for label in out.labels if label in out.label_descriptions)
         return (f'<View>\n  <Text name="{TEXT_FIELD}" value="${TEXT_FIELD}"/>\n'
-                f'  <Choices name="{CHOICES}" toName="{TEXT_FIELD}" choice="single">{choices}\n  </Choices>\n</View>\n')
+                f'  <Choices name="{CHOICES}" toName="{TEXT_FIELD}" choice="single">{choices}\n  </Choices>{legend}\n</View>\n')
     fields = "".join(f'\n  <Header value={quoteattr(name)}/>\n  <TextArea name={quoteattr(name)} toName="{TEXT_FIELD}" '
                      'maxSubmissions="1" editable="true"/>' for name in spec.output.fields)
     return f'<View>\n  <Text name="{TEXT_FIELD}" value="${TEXT_FIELD}"/>{fields}\n</View>\n'

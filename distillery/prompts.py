@@ -47,11 +47,19 @@ def document_text(text: str, spec: TaskSpec) -> str:
     return " ".join(text.split())[: spec.prompts.max_doc_chars]
 
 
+def label_lines(out: ClassificationOutput) -> str:
+    """The `{label_descriptions}` placeholder: one `- name: description` line per label."""
+    return "\n".join(f"- {label}: {out.label_descriptions[label]}" if label in out.label_descriptions
+                     else f"- {label}" for label in out.labels)
+
+
 def user_message(text: str, spec: TaskSpec) -> str:
     out = spec.output
     fmt: dict[str, Any] = {"document": document_text(text, spec)}
     if isinstance(out, ClassificationOutput):
-        fmt.update(labels="; ".join(out.labels), top_k=out.top_k)
+        fmt.update(labels="; ".join(out.labels), top_k=out.top_k, label_descriptions=label_lines(out))
+        if out.label_descriptions and "{label_descriptions}" not in spec.prompts.instruction:
+            fmt["labels"] = "; ".join(out.described(label) for label in out.labels)  # the models see them somewhere
     else:
         fmt["fields"] = ", ".join(f"{k} ({f.type})" for k, f in out.fields.items())
     return spec.prompts.instruction.format(**fmt)

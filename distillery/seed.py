@@ -1,7 +1,7 @@
 """Stage 1b, seeds: import the expert's labels, validate every row, split train / validation / held-out.
 
-A seed file is CSV, JSONL or Parquet with a `document` column (file name, path or SHA-256 of a
-corpus PDF) and an `answer` column (a label, or a JSON object for extraction). Every problem is
+A seed file is CSV, JSONL or Parquet with a `document` column (a corpus PDF's path relative to
+the source, its file name when no other PDF has it, or its SHA-256) and an `answer` column (a label, or a JSON object for extraction). Every problem is
 collected and reported at once, naming the file, the row and the problem, before any training.
 The split is stratified by label: `heldout` is only ever used for the reported evaluation,
 `validation` picks checkpoints, `train` trains.
@@ -80,29 +80,63 @@ def _answer(raw, spec: TaskSpec, where: str, problems: list[str]):
     return value
 
 
+def _source_prefix(spec: TaskSpec) -> str:
+    """The folder every document path starts with: the source, or the folder part of a glob."""
+    source = spec.source if "://" in spec.source else str(spec.path(spec.source))
+    cuts = [source.find(ch) for ch in "*?[" if ch in source]
+    if cuts:
+        source = source[: min(cuts)].rsplit("/", 1)[0]
+    return source.rstrip("/") + "/"
+
+
+class DocumentIndex:
+    """Finds the document a seed row names: its SHA-256, its path relative to the source (or as
+    listed), or its file name when no other document has that name."""
+
+    def __init__(self, documents: pd.DataFrame, spec: TaskSpec):
+        prefix = _source_prefix(spec)
+        self.exact: dict[str, str] = {}
+        self.by_name: dict[str, dict[str, str]] = {}  # name -> {sha256: path relative to the source}
+        for row in documents.itertuples():
+            relative = row.path[len(prefix):] if row.path.startswith(prefix) else row.path
+            for key in (row.sha256, relative, row.path):
+                self.exact.setdefault(key, row.sha256)
+            self.by_name.setdefault(row.name, {}).setdefault(row.sha256, relative)
+
+    def find(self, doc: str) -> tuple[str | None, str]:
+        """(sha256, "") for a match, else (None, the problem)."""
+        key = doc.replace("\\", "/").removeprefix("./")
+        if key in self.exact:
+            return self.exact[key], ""
+        candidates = self.by_name.get(key.rsplit("/", 1)[-1], {})
+        if len(candidates) == 1:
+            return next(iter(candidates)), ""
+        if candidates:
+            listed = ", ".join(sorted(candidates.values()))
+            return None, (f"document {doc!r} is ambiguous: {len(candidates)} documents have that name ({listed}); "
+                          "write its path relative to the source, or its SHA-256")
+        return None, f"document {doc!r} is not in the corpus (or was quarantined)"
+
+
 def validate_seeds(df: pd.DataFrame, documents: pd.DataFrame, spec: TaskSpec, path: str) -> pd.DataFrame:
     """Rows resolved to documents, or SeedError listing every problem."""
     missing = [c for c in ("document", "answer") if c not in df.columns]
     if missing:
         raise SeedError(path, [f"missing column(s) {', '.join(missing)} (have: {', '.join(map(str, df.columns))})"])
-    by_key: dict[str, str] = {}
-    for row in documents.itertuples():
-        by_key.setdefault(row.sha256, row.sha256)
-        by_key.setdefault(row.name, row.sha256)
-        by_key.setdefault(row.path, row.sha256)
+    index = DocumentIndex(documents, spec)
     problems: list[str] = []
     seen: dict[str, int] = {}
     out = []
     for i, row in enumerate(df.itertuples(index=False), start=2 if path.endswith(".csv") else 1):
         where = f"row {i}"
         doc = str(row.document).strip() if row.document is not None else ""
-        sha = by_key.get(doc) or by_key.get(Path(doc).name)
         answer = _answer(row.answer, spec, where, problems)
         if not doc:
             problems.append(f"{where}: empty document")
             continue
+        sha, problem = index.find(doc)
         if sha is None:
-            problems.append(f"{where}: document {doc!r} is not in the corpus (or was quarantined)")
+            problems.append(f"{where}: {problem}")
             continue
         if sha in seen:
             problems.append(f"{where}: duplicate document {doc!r} (same file as row {seen[sha]})")

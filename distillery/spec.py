@@ -2,24 +2,30 @@
 
 Typed with pydantic; every field is documented once, here. `load_spec` reports every problem at
 once, each naming the field, the value and what was expected. Profiles (`demo`, `full`) are
-overlays in the same file (`profiles: {name: {...}}`), deep-merged over the base before validation.
+overlays in the same file (`profiles: {name: {...}}`), deep-merged over the base before validation;
+`demo` is every command's default, so a spec without it runs as written.
+
+Relative paths in a spec (source, seeds, models, grader, bulk source) resolve against the folder
+of the spec file, wherever the command runs from: a spec kept beside its data moves with it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from distillery.errors import SpecError
 
 
-PLACEHOLDERS = {"labels", "top_k", "fields", "document"}
+PLACEHOLDERS = {"labels", "label_descriptions", "top_k", "fields", "document"}
+DEFAULT_PROFILE = "demo"  # what every command applies unless told otherwise; a spec may leave it out
 
 
 class _Strict(BaseModel):
@@ -28,8 +34,31 @@ class _Strict(BaseModel):
 
 class ClassificationOutput(_Strict):
     kind: Literal["classification"] = "classification"
-    labels: list[str] = Field(min_length=2, description="The label set; answers outside it are invalid.")
+    labels: list[str] = Field(min_length=2, description="The label set; answers outside it are invalid. Each "
+                              "entry is a name or `{name, description}`; the names are kept here.")
+    label_descriptions: dict[str, str] = Field({}, description="One line per label (from `{name, description}` "
+                                               "entries): shown to the models, the report and Label Studio.")
     top_k: int = Field(3, ge=1, description="How many labels the ranked answer holds.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_descriptions(cls, data: Any) -> Any:
+        """`{name, description}` entries become a name in `labels` and a line in `label_descriptions`."""
+        if not isinstance(data, dict) or not isinstance(data.get("labels"), list):
+            return data
+        names, described = [], dict(data.get("label_descriptions") or {})
+        for i, entry in enumerate(data["labels"]):
+            if not isinstance(entry, dict):
+                names.append(entry)
+                continue
+            unknown = set(entry) - {"name", "description"}
+            if unknown or not isinstance(entry.get("name"), str):
+                raise ValueError(f"labels[{i}]: a label is a name or {{name, description}}"
+                                 + (f" (unknown keys: {sorted(unknown)})" if unknown else " (name missing)"))
+            names.append(entry["name"])
+            if str(entry.get("description") or "").strip():
+                described[entry["name"]] = " ".join(str(entry["description"]).split())
+        return {**data, "labels": names, "label_descriptions": described}
 
     @model_validator(mode="after")
     def _unique(self):
@@ -38,7 +67,24 @@ class ClassificationOutput(_Strict):
             raise ValueError("labels must be unique (case-insensitive)")
         if any(";" in label or "\n" in label for label in self.labels):
             raise ValueError("labels may not contain ';' or newlines (the answer separator)")
+        stray = sorted(set(self.label_descriptions) - set(self.labels))
+        if stray:
+            raise ValueError(f"label_descriptions names labels not in `labels`: {stray}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Without descriptions the dump (and every hash of it: cache keys, prompt_hash) is what it was
+        # before descriptions existed, so specs that have none keep their cached stages.
+        data = handler(self)
+        if not self.label_descriptions:
+            data.pop("label_descriptions", None)
+        return data
+
+    def described(self, label: str) -> str:
+        """`label (description)`, or the label alone when it has no description."""
+        text = self.label_descriptions.get(label)
+        return f"{label} ({text})" if text else label
 
 
 class FieldSpec(_Strict):
@@ -60,7 +106,8 @@ Output = Annotated[Union[ClassificationOutput, ExtractionOutput], Field(discrimi
 class Prompts(_Strict):
     system: str = Field(description="System message for every model.")
     instruction: str = Field(
-        description="User message; placeholders: {labels}, {top_k}, {fields}, {document}."
+        description="User message; placeholders: {labels}, {label_descriptions} (one `- name: description` "
+                    "line per label), {top_k}, {fields}, {document}."
     )
     max_doc_chars: int = Field(1500, ge=100, description="Document text is cut to this many characters.")
 
@@ -196,12 +243,13 @@ class TaskSpec(_Strict):
     student: StudentSpec = Field(default_factory=StudentSpec)
     bulk: BulkSpec | None = None
     seed: int = Field(0, description="Random seed for training and sampling.")
-    root: str = Field(".", description="Directory relative paths resolve against (set by load_spec).")
+    root: str = Field(".", description="Directory relative paths resolve against: load_spec sets the spec "
+                      "file's folder.")
 
     def path(self, value: str) -> Path:
-        """Resolve a spec path (or leave a URL or HF id alone) against the spec's root."""
+        """Resolve a spec path against the spec's root (normalized: `data/demo/../../models` is `models`)."""
         p = Path(value)
-        return p if p.is_absolute() else Path(self.root) / p
+        return p if p.is_absolute() else Path(os.path.normpath(Path(self.root) / p))
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections of the spec: part of a stage's cache key."""
@@ -233,6 +281,8 @@ def parse_spec(raw: dict, *, path: str = "<spec>", profile: str | None = None, r
         raise SpecError(path, [f"(top level): expected a mapping, got {type(raw).__name__}"])
     raw = dict(raw)
     profiles = raw.pop("profiles", {}) or {}
+    if profile == DEFAULT_PROFILE and profile not in profiles:
+        profile = None  # the default profile is optional: without it the spec runs as written
     if profile:
         if profile not in profiles:
             raise SpecError(path, [f"profiles: no profile {profile!r} (have: {sorted(profiles) or 'none'})"])
@@ -248,7 +298,7 @@ def parse_spec(raw: dict, *, path: str = "<spec>", profile: str | None = None, r
 
 
 def load_spec(path: str | Path, profile: str | None = None) -> TaskSpec:
-    """Load and validate a task spec; relative paths in it resolve against the current directory."""
+    """Load and validate a task spec; relative paths in it resolve against the spec file's folder."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -256,4 +306,4 @@ def load_spec(path: str | Path, profile: str | None = None) -> TaskSpec:
         raise SpecError(str(path), ["file not found"]) from None
     except yaml.YAMLError as err:
         raise SpecError(str(path), [f"not valid YAML: {err}"]) from None
-    return parse_spec(raw, path=str(path), profile=profile)
+    return parse_spec(raw, path=str(path), profile=profile, root=path.parent)

@@ -46,9 +46,8 @@ def clinical_raw() -> dict:
 
 @pytest.fixture
 def clinical_spec() -> TaskSpec:
-    """The shipped clinical demo spec, its relative paths resolving against the repository root."""
-    spec = load_spec(CLINICAL_YAML)
-    return spec.model_copy(update={"root": str(REPO)})
+    """The shipped clinical demo spec, its relative paths resolving against its folder, data/demo."""
+    return load_spec(CLINICAL_YAML)
 
 
 @pytest.fixture
@@ -57,10 +56,10 @@ def invoice_raw(clinical_raw) -> dict:
     raw.pop("profiles")
     raw.update(
         name="invoices",
-        source="data/demo/invoices",
+        source="invoices",
         output={"kind": "extraction", "fields": INVOICE_FIELDS},
         grader={"type": "fields"},
-        seeds={"path": "data/demo/invoice_seeds.jsonl"},
+        seeds={"path": "invoice_seeds.jsonl"},
     )
     raw["prompts"] = dict(raw["prompts"], instruction="Invoice:\n{document}\n\nExtract {fields} as JSON after \"Answer:\".")
     return raw
@@ -69,7 +68,7 @@ def invoice_raw(clinical_raw) -> dict:
 @pytest.fixture
 def invoice_spec(invoice_raw) -> TaskSpec:
     """An extraction spec over the invoice demo (independent of whether invoices.yaml exists)."""
-    return parse_spec(invoice_raw, root=REPO)
+    return parse_spec(invoice_raw, root=CLINICAL_YAML.parent)
 
 
 def quick_stages(spec: TaskSpec, student_base, *, layers: int, **label) -> TaskSpec:

@@ -218,7 +218,7 @@ def test_spec_path_error_survives_pickling():
 def test_the_example_python_grader_validates_like_ranked(clinical_spec):
     from distillery.graders import validate_grader
 
-    spec = clinical_spec.model_copy(update={"grader": GraderSpec(type="python", path="data/demo/grade_ranked.py")})
+    spec = clinical_spec.model_copy(update={"grader": GraderSpec(type="python", path="grade_ranked.py")})
     table, ok = validate_grader(spec, ["Migraine", "Pneumonia", "Lyme disease"])
     assert ok
     assert {row["answer"]: row["mean"] for row in table} == {"gold": 1.0, "unparsable": 0.0, "wrong_label": 0.0,
@@ -404,7 +404,7 @@ CLASSIFICATION_GRADERS = [
     {"type": "exact"},
     {"type": "similarity"},
     {"type": "format"},
-    {"type": "python", "path": "data/demo/grade_ranked.py"},
+    {"type": "python", "path": "grade_ranked.py"},
     {"type": "multi", "components": [{"grader": {"type": "ranked"}, "weight": 2}, {"grader": {"type": "format"}}]},
 ]
 LABELS = ["Type 1 diabetes", "Hypothyroidism", "Hyperthyroidism", "Iron deficiency anemia", "Pneumonia",

@@ -274,3 +274,32 @@ def test_any_text_parses_as_extraction_without_raising(invoice_spec, text, prefi
     assert answer.status in ("ok", "failed")
     assert (answer.value is not None) == (answer.status == "ok")
     assert answer.value is None or isinstance(answer.value, dict)
+
+
+# ---- labels with descriptions ------------------------------------------------------------------
+
+def _with_descriptions(spec, instruction=None):
+    out = spec.output.model_copy(update={"label_descriptions": {"Migraine": "recurring headaches",
+                                                                "Pneumonia": "lung infection"}})
+    prompts = spec.prompts.model_copy(update={"instruction": instruction or spec.prompts.instruction})
+    return spec.model_copy(update={"output": out, "prompts": prompts})
+
+
+def test_the_demo_prompt_renders_as_before_descriptions_existed(clinical_spec):
+    labels = "; ".join(clinical_spec.output.labels)
+    expected = clinical_spec.prompts.instruction.replace("{labels}", labels).replace("{top_k}", "3")
+    assert user_message("Fever and cough.", clinical_spec) == expected.replace("{document}", "Fever and cough.")
+
+
+def test_label_descriptions_placeholder_lists_each_label_on_a_line(clinical_spec):
+    spec = _with_descriptions(clinical_spec, "Labels:\n{label_descriptions}\nText: {document}")
+    message = user_message("x", spec)
+    assert "- Migraine: recurring headaches\n" in message
+    assert "- Pneumonia: lung infection\n" in message
+    assert "- Appendicitis\n" in message  # a label without a description is still listed
+    assert message.count("\n- ") == len(spec.output.labels)
+
+
+def test_without_the_placeholder_the_candidates_carry_the_descriptions(clinical_spec):
+    message = user_message("x", _with_descriptions(clinical_spec))
+    assert "Migraine (recurring headaches); Lyme disease; Kidney stones" in message

@@ -109,6 +109,39 @@ def test_documents_are_found_by_name_path_or_sha256(clinical_spec):
     assert rows["document"].tolist()[0] == "case-00001.pdf"
 
 
+@pytest.fixture
+def twin_corpus(tmp_path, clinical_raw):
+    """Two different `example.pdf` in two subfolders and one `other.pdf`, ingested; a spec beside them."""
+    from distillery import ingest, synth
+    from distillery.spec import parse_spec
+
+    for i, where in enumerate(["a/example.pdf", "b/c/example.pdf", "other.pdf"]):
+        (tmp_path / "pdfs" / where).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pdfs" / where).write_bytes(synth.case_pdf(synth.make_case(i), i))
+    raw = {k: v for k, v in clinical_raw.items() if k != "profiles"}
+    spec = parse_spec(dict(raw, source="pdfs", ingest={"workers": 1}), root=tmp_path)
+    docs = lake.read_table(ingest.ingest(spec, out=tmp_path / "ingest").path("documents")).to_pandas()
+    return spec, docs
+
+
+def test_a_name_two_documents_share_is_an_error_listing_both(twin_corpus):
+    spec, docs = twin_corpus
+    (problem,) = _problems(_seeds(("example.pdf", "Pneumonia"), ("other.pdf", "Migraine")), spec, docs=docs)
+    assert problem.startswith("row 2:") and "ambiguous" in problem
+    assert "a/example.pdf" in problem and "b/c/example.pdf" in problem
+
+
+def test_a_shared_name_is_matched_by_its_path_under_the_source_or_its_hash(twin_corpus):
+    spec, docs = twin_corpus
+    by_path = dict(zip(docs["path"], docs["sha256"]))
+    a, b = by_path[str(spec.path("pdfs/a/example.pdf"))], by_path[str(spec.path("pdfs/b/c/example.pdf"))]
+    rows = validate_seeds(_seeds(("a/example.pdf", "Pneumonia"), ("./b\\c\\example.pdf", "Migraine"),
+                                 ("other.pdf", "Migraine")), docs, spec, "seeds.csv")
+    assert rows["sha256"].tolist()[:2] == [a, b]
+    rows = validate_seeds(_seeds((b, "Pneumonia")), docs, spec, "seeds.csv")
+    assert rows["sha256"].tolist() == [b]
+
+
 def test_label_is_stored_with_the_spec_spelling(clinical_spec):
     rows = validate_seeds(_seeds(("case-00001.pdf", " pneumonia ")), DOCS, clinical_spec, "seeds.csv")
     assert rows["answer"].tolist() == ["Pneumonia"]

@@ -58,8 +58,36 @@ def test_clinical_spec_describes_a_ranked_classification(clinical_spec):
     assert clinical_spec.grader.type == "ranked"
 
 
-def test_load_spec_leaves_root_at_the_current_directory():
-    assert load_spec(CLINICAL_YAML).root == "."
+def test_load_spec_roots_relative_paths_at_the_spec_folder():
+    spec = load_spec(CLINICAL_YAML)
+    assert spec.root == str(CLINICAL_YAML.parent)
+    assert spec.path(spec.source) == REPO / "data" / "demo" / "pdfs"
+    assert spec.path(spec.models.base) == REPO / "models" / "base"  # `..` folded: the same string as before
+
+
+def test_the_demo_spec_resolves_to_the_paths_it_had_when_run_from_the_repository(monkeypatch):
+    monkeypatch.chdir(REPO)
+    spec = load_spec("data/demo/clinical.yaml")
+    assert [str(spec.path(v)) for v in (spec.source, spec.seeds.path, spec.models.base, spec.bulk.source)] == \
+        ["data/demo/pdfs", "data/demo/seeds.csv", "models/base", "data/demo/pdfs"]
+
+
+def test_a_spec_beside_its_data_works_from_another_directory(tmp_path, monkeypatch, clinical_raw):
+    from distillery import ingest, seed, synth
+
+    task = tmp_path / "task"
+    truth = synth.generate_clinical(task / "pdfs", 6, bad_every=0)
+    (task / "labels.csv").write_text("document,answer\n" + "".join(f"{r['file']},{r['label']}\n" for r in truth[:4]))
+    raw = dict(_without_profiles(clinical_raw), source="pdfs", seeds={"path": "labels.csv"})
+    (task / "task.yaml").write_text(yaml.safe_dump(raw))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec("../task/task.yaml")
+    docs = ingest.ingest(spec, out=tmp_path / "ingest")
+    assert docs.counts["documents"] == 6
+    seeds = seed.import_seeds(spec, docs.path("documents"), out=tmp_path / "seed")
+    assert sum(seeds.counts.values()) == 4
 
 
 # ---- defaults, paths, hashing ------------------------------------------------------------------
@@ -128,6 +156,25 @@ def test_profile_left_blank_in_yaml_is_an_empty_overlay(clinical_raw):
 def test_profile_that_is_not_a_mapping_is_a_spec_error(clinical_raw):
     problems = _problems(dict(clinical_raw, profiles={"demo": "fast"}), profile="demo")
     assert any("demo" in p for p in problems)
+
+
+def test_a_spec_without_profiles_runs_as_written_under_the_default_profile(clinical_raw, tmp_path):
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(_without_profiles(clinical_raw)))
+    assert load_spec(path, profile="demo") == load_spec(path)
+    with pytest.raises(SpecError, match="no profile 'full'"):  # only the default may be left out
+        load_spec(path, profile="full")
+
+
+def test_every_command_defaults_to_a_profile_a_plain_spec_may_leave_out(clinical_raw, tmp_path, capsys):
+    from distillery.cli import main
+
+    raw = _without_profiles(clinical_raw)
+    raw["seeds"]["path"] = str(CLINICAL_YAML.parent / raw["seeds"]["path"])
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["plan", str(path), "--docs", "10", "--no-measure"]) == 0
+    assert "no profile" not in capsys.readouterr().err
 
 
 def test_unknown_profile_names_the_profiles_there_are():
@@ -273,3 +320,40 @@ def test_spec_error_survives_pickling():
     err = SpecError("task.yaml", ["name: bad", "seeds: Field required"])
     back = pickle.loads(pickle.dumps(err))
     assert back.path == "task.yaml" and back.problems == err.problems and str(back) == str(err)
+
+
+# ---- labels with descriptions ------------------------------------------------------------------
+
+def _described(raw: dict) -> dict:
+    raw = _without_profiles(raw)
+    labels = raw["output"]["labels"]
+    raw["output"] = dict(raw["output"], labels=[{"name": labels[0], "description": "high blood sugar,  insulin"},
+                                                 {"name": labels[1]}, *labels[2:]])
+    return raw
+
+
+def test_labels_may_carry_descriptions_and_stay_a_list_of_names(clinical_raw):
+    spec = parse_spec(_described(clinical_raw))
+    assert spec.output.labels == clinical_raw["output"]["labels"]
+    assert spec.output.label_descriptions == {"Type 1 diabetes": "high blood sugar, insulin"}
+    assert spec.output.described("Type 1 diabetes") == "Type 1 diabetes (high blood sugar, insulin)"
+    assert spec.output.described("Migraine") == "Migraine"
+
+
+def test_a_label_entry_with_other_keys_or_no_name_is_a_spec_error(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    raw["output"] = dict(raw["output"], labels=[{"name": "a", "meaning": "x"}, {"description": "no name"}, "c"])
+    problems = _problems(raw)
+    assert any("output" in p and "meaning" in p for p in problems)
+
+
+def test_a_description_of_a_label_not_in_the_set_is_a_spec_error(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    raw["output"] = dict(raw["output"], label_descriptions={"Gout": "joints"})
+    assert any("Gout" in p for p in _problems(raw))
+
+
+def test_a_spec_without_descriptions_hashes_as_it_did_before_descriptions_existed(clinical_raw):
+    spec = parse_spec(_without_profiles(clinical_raw))
+    assert "label_descriptions" not in spec.output.model_dump()  # prompt_hash and cache keys unchanged
+    assert "label_descriptions" in parse_spec(_described(clinical_raw)).output.model_dump()

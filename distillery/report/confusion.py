@@ -73,7 +73,7 @@ def _recall_rows(panels: list[tuple[str, list[str], list[list[int]]]], labels: l
     recall = []
     for i, label in enumerate(labels):
         support = sum(panels[0][2][i])
-        recall.append([label, support, *[(p[2][i][i] / sum(p[2][i])) if sum(p[2][i]) else None for p in panels]])
+        recall.append([spec.output.described(label), support, *[(p[2][i][i] / sum(p[2][i])) if sum(p[2][i]) else None for p in panels]])
     return recall
 
 
