@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import yaml
 from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
+# Flows run outside the test harness start Prefect's ephemeral server, which can take longer than the
+# default 20 s on a loaded 2-core machine (as `make` sets it too).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 if str(REPO) not in sys.path:  # `pytest` as well as `python -m pytest` from the repository root
     sys.path.insert(0, str(REPO))
 

@@ -123,7 +123,7 @@ def test_run_takes_a_spec_without_profiles_through_the_flow(tmp_path, monkeypatc
     monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "results"))
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         assert main(["run", "task/cases.yaml", "--until", "seed"]) == 0
     out = capsys.readouterr().out
     assert "ingest   Completed" in out and "seed     Completed" in out and "report:" in out

@@ -27,7 +27,7 @@ def gated(tiny_task, tmp_path_factory):  # noqa: F811
     from flows.distill import distill
 
     home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp, prefect_test_harness():
+    with pytest.MonkeyPatch.context() as mp, prefect_test_harness(server_startup_timeout=120):
         mp.setenv("DISTILLERY_HOME", str(home))
         mp.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(home / "results"))
         mp.setattr(student, "promotion", lambda spec, s, t: {"promoted": False, "gate": 0.95, "reason": REASON})

@@ -58,7 +58,7 @@ def test_deleted_stage_output_is_rebuilt_not_reported_cached(tiny_task, tmp_path
 
     monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "results"))
     spec_path = str(tiny_task / "tiny.yaml")
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         first = distill(spec_path, None, "seed")
         seed_file = Path(first["outputs"]["seed"]["seed_labels"])
         os.remove(seed_file)
@@ -94,7 +94,7 @@ def flow_home(tiny_task, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DISTILLERY_HOME", str(home))
         mp.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(home / "results"))
-        with prefect_test_harness():
+        with prefect_test_harness(server_startup_timeout=120):
             yield home
 
 

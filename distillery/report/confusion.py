@@ -69,11 +69,12 @@ def _confusion_figure(panels: list[tuple[str, list[str], list[list[int]]]], labe
     return fig
 
 
-def _recall_rows(panels: list[tuple[str, list[str], list[list[int]]]], labels: list[str]) -> list[list]:
+def _recall_rows(panels: list[tuple[str, list[str], list[list[int]]]], labels: list[str],
+                 described=str) -> list[list]:
     recall = []
     for i, label in enumerate(labels):
         support = sum(panels[0][2][i])
-        recall.append([spec.output.described(label), support, *[(p[2][i][i] / sum(p[2][i])) if sum(p[2][i]) else None for p in panels]])
+        recall.append([described(label), support, *[(p[2][i][i] / sum(p[2][i])) if sum(p[2][i]) else None for p in panels]])
     return recall
 
 
@@ -86,7 +87,7 @@ def section_confusion(spec: TaskSpec, run: Run) -> Raw:
         return not_run("teacher and student evaluations")
     panels = [(m, *_confusion_counts(r, labels)) for m, r in sets]
     parts = [png(_confusion_figure(panels, labels), "confusion matrices: " + ", ".join(m for m, _ in sets)),
-             table(["expert label", "items", *[f"{m} recall" for m, *_ in panels]], _recall_rows(panels, labels))]
+             table(["expert label", "items", *[f"{m} recall" for m, *_ in panels]], _recall_rows(panels, labels, spec.output.described))]
     for stage in ("teacher", "student"):
         if not any(m == stage for m, _ in sets):
             parts.append(not_run(f"{stage} (no held-out evaluation)"))
