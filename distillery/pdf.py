@@ -2,9 +2,11 @@
 
 Verdicts: ok, corrupt, encrypted, empty, image_only, not_pdf, oversize, timeout. The checks are
 the ones a careful engineer makes rather than "did PyMuPDF open it": the `%PDF-` header (PyMuPDF
-happily opens images and text files), encryption (also when it only surfaces as an open failure),
-errors caught per page (a page can fail where the document opened), a page count that lies, and a
-repair that leaves no pages. A file that repairs cleanly and yields real text is ok.
+happily opens images and text files), encryption (also when it only surfaces as an open failure:
+the trailer names an /Encrypt dictionary), errors caught per page (a page can fail where the
+document opened), a page count that lies, and a repair that leaves no pages. A file that repairs
+cleanly and yields real text is ok. Reasons carry MuPDF's own error and warnings, page numbers
+counted from 1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ VERDICTS = ("ok", "corrupt", "encrypted", "empty", "image_only", "not_pdf", "ove
 _OBJECT = re.compile(rb"-?\d+\s+-?\d+\s+obj\s*(?:<<|\[)")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # NULs from broken font encodings are not text
 _HEADER_WINDOW = 1024  # the PDF spec lets junk precede %PDF- within the first 1 KiB
+_TRAILER = re.compile(rb"trailer\s*<<")
+_XREF_STREAM = re.compile(rb"/Type\s*/XRef\b")
+_ENCRYPT = re.compile(rb"/Encrypt\s*(?:\d+\s+\d+\s+R|<<)")
+_DICT_WINDOW = 4096
+_ERROR_CODE = re.compile(r"^code=\d+:\s*")
+_ERROR_KIND = re.compile(r"^(?:format|syntax|limit|library) error:\s*")
+_REPAIR_CHATTER = ("trying to repair", "repairing PDF document", "... repeated", "dropping unclosed PDF processor")
 
 
 @dataclass(frozen=True)
@@ -47,9 +56,55 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _encrypted_error(err: Exception) -> bool:
-    msg = str(err).lower()
+def _encrypted_error(message: str) -> bool:
+    msg = message.lower()
     return any(w in msg for w in ("password", "encrypt", "security handler", "decrypt"))
+
+
+def _trailer_encrypts(data: bytes) -> bool:
+    """Whether a trailer (or an xref stream's dictionary) names an /Encrypt dictionary: MuPDF gives up
+    on public-key and damaged standard encryption with an open error that need not say so."""
+    for match in _TRAILER.finditer(data):
+        end = data.find(b"startxref", match.end(), match.end() + _DICT_WINDOW)
+        if _ENCRYPT.search(data, match.end(), end if end >= 0 else match.end() + _DICT_WINDOW):
+            return True
+    for match in _XREF_STREAM.finditer(data):
+        start = max(data.rfind(b" obj", max(0, match.start() - _DICT_WINDOW), match.start()), 0)
+        end = data.find(b"stream", match.end(), match.end() + _DICT_WINDOW)
+        if _ENCRYPT.search(data, start, end if end >= 0 else match.end() + _DICT_WINDOW):
+            return True
+    return False
+
+
+def _mupdf_message(err: Exception) -> str:
+    """MuPDF's own error: PyMuPDF wraps open errors in a bare "Failed to open stream"."""
+    cause = err.__cause__ if err.__cause__ is not None else err
+    message = _ERROR_CODE.sub("", str(cause)).strip()
+    return "" if message == "Failed to open stream" else message
+
+
+def _mupdf_warnings(message: str = "", limit: int = 2) -> str:
+    """The first distinct warnings MuPDF gave since the last reset, minus its repair chatter and `message`."""
+    seen: list[str] = [message]
+    for line in pymupdf.TOOLS.mupdf_warnings(reset=False).splitlines():
+        line = _ERROR_KIND.sub("", line.strip())
+        if line and line not in seen and not any(line.startswith(n) for n in _REPAIR_CHATTER):
+            seen.append(line)
+    return "; ".join(seen[1:limit + 1])
+
+
+def _explained(message: str) -> str:
+    """A reason with MuPDF's warnings after it, when it gave any."""
+    warnings = _mupdf_warnings(message)
+    if not message:
+        return f"MuPDF: {warnings}" if warnings else "MuPDF gave no reason"
+    return f"{message} (MuPDF: {warnings})" if warnings else message
+
+
+def _page_error(err: Exception) -> str:
+    if isinstance(err, IndexError):  # PyMuPDF's "page 1 not in document" counts from 0
+        return "not in the document"
+    return _mupdf_message(err)
 
 
 def _looks_like_pdf(data: bytes) -> bool:
@@ -66,9 +121,10 @@ def classify_bytes(data: bytes, *, min_chars: int = 50) -> tuple[str, str, int, 
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as err:  # MuPDF raises a zoo of types for broken files
-        if _encrypted_error(err):
-            return "encrypted", f"open failed on encryption: {err}", 0, ""
-        return "corrupt", f"does not open: {err}", 0, ""
+        message = _mupdf_message(err)
+        if _encrypted_error(message) or _trailer_encrypts(data):
+            return "encrypted", f"encrypted with a scheme MuPDF cannot open: {_explained(message)}", 0, ""
+        return "corrupt", f"does not open: {_explained(message)}", 0, ""
     with doc:
         if not doc.is_pdf:
             return "not_pdf", "opened, but not as a PDF", 0, ""
@@ -77,22 +133,22 @@ def classify_bytes(data: bytes, *, min_chars: int = 50) -> tuple[str, str, int, 
         try:
             pages = doc.page_count
         except Exception as err:
-            return "corrupt", f"page tree unreadable: {err}", 0, ""
+            return "corrupt", f"page tree unreadable: {_explained(_mupdf_message(err))}", 0, ""
         if pages == 0:
             if doc.is_repaired:
-                return "corrupt", "repairs to zero pages", 0, ""
+                return "corrupt", _explained("repairs to zero pages"), 0, ""
             return "empty", "the document has no pages", 0, ""
         texts = []
         for number in range(pages):
             try:
                 texts.append(doc[number].get_text("text"))
             except Exception as err:
-                return "corrupt", f"page {number + 1} of {pages} fails: {err}", pages, ""
+                return "corrupt", f"page {number + 1} of {pages} fails: {_explained(_page_error(err))}", pages, ""
         text = _CONTROL.sub("", "\n".join(texts))
         chars = len("".join(text.split()))
         if chars < min_chars:
             return "image_only", f"{chars} characters of text on {pages} page(s)", pages, ""
-        reason = "repaired" if doc.is_repaired else ""
+        reason = _explained("repaired") if doc.is_repaired else ""
         return "ok", reason, pages, text
 
 
