@@ -20,6 +20,7 @@ from distillery.spec import ClassificationOutput, ExtractionOutput, TaskSpec
 
 PREFILL = "Answer:"
 _ANSWER = re.compile(r"answer\s*:", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
 _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
 
 
@@ -52,7 +53,9 @@ def document_text(text: str, spec: TaskSpec) -> str:
     chars = spec.prompts.max_doc_chars
     if excerpt.PAGE_BREAK in text:
         return excerpt.choose_from_pages(text.split(excerpt.PAGE_BREAK), spec.ingest.read.strategy, chars)
-    return excerpt.collapse(text)[:chars]
+    # Runs of whitespace become one space, a trailing one kept: a window cut just after a space then
+    # shows the same text as a longer window of the same document.
+    return _WHITESPACE.sub(" ", text.lstrip())[:chars]
 
 
 def user_message(text: str, spec: TaskSpec) -> str:

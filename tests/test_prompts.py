@@ -223,6 +223,12 @@ def test_document_text_collapses_whitespace_and_is_cut_to_max_doc_chars(clinical
     assert "  " not in shown and "\n" not in shown
 
 
+def test_a_window_cut_just_after_a_space_shows_what_a_longer_window_shows(clinical_spec):
+    words = " ".join(["abcd"] * 400)
+    assert words[clinical_spec.prompts.max_doc_chars - 1] == " "
+    assert document_text(words[:320], clinical_spec) == document_text(words[:1500], clinical_spec) == words[:320]
+
+
 def test_document_kept_whole_is_shown_through_the_spec_strategy(clinical_spec):
     title = "The Widget Manual\nJane Doe\n2024"
     body = "\n".join(["The patient reported a fever that lasted for three days and then went away."] * 8)
