@@ -145,3 +145,12 @@ texlive-dev: data/texlive/pdfs/.done ## build the texlive_dev corpus (919 PDFs) 
 data/texlive/pdfs/.done:
 	$(if $(DEBS),DEBS=$(DEBS)) sh $(TEXLIVE)/build.sh data/texlive/pdfs
 	touch $@
+
+# Extraction on a folder of real PDFs (CORPUS=path, LABELS=folder with seeds.csv and heldout.csv):
+# bare all-pages vs bare window vs ours, and the window strategies at equal budgets.
+CORPUS ?= data/texlive/pdfs
+LABELS ?= ../shared/corpora/texlive_dev
+.PHONY: bench-extract
+bench-extract: ## extraction docs/s and window strategies on CORPUS -> data/bench/extract_*.json, strategies_*.json
+	$(PY) -m bench.extract speed --corpus $(CORPUS) --name $(or $(NAME),texlive_dev)
+	$(PY) -m bench.extract strategies --corpus $(CORPUS) --labels $(LABELS) --name $(or $(NAME),texlive_dev)

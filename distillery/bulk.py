@@ -193,7 +193,7 @@ def _local_events(spec: TaskSpec, student: Path, items, run: _Run, model_id: str
     window = max(64, 4 * cfg.batch_size, 8 * ing.workers)
     files = pdf.extract_many(items, workers=ing.workers, timeout_s=ing.timeout_s,
                              max_bytes=int(ing.max_file_mb * 2**20), min_chars=ing.min_chars,
-                             window=window, ordered=False, skip=run.seen)
+                             window=window, ordered=False, skip=run.seen, read=ing.read)
     batch: list[pdf.Extracted] = []
     for r in files:
         if not run.fresh(r):

@@ -42,7 +42,7 @@ def ingest(spec: TaskSpec, *, out: Path, run_id: str | None = None, source: str 
     run_id = run_id or lake.new_run_id("ingest")
     cfg = spec.ingest
     rows = pdf.extract_many(list_pdfs(source or spec.path(spec.source)), workers=cfg.workers, timeout_s=cfg.timeout_s,
-                            max_bytes=int(cfg.max_file_mb * 2**20), min_chars=cfg.min_chars)
+                            max_bytes=int(cfg.max_file_mb * 2**20), min_chars=cfg.min_chars, read=cfg.read)
     docs: dict[str, dict] = {}
     quarantine: list[dict] = []
     for r in rows:

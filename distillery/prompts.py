@@ -15,10 +15,12 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from distillery import excerpt
 from distillery.spec import ClassificationOutput, ExtractionOutput, TaskSpec
 
 PREFILL = "Answer:"
 _ANSWER = re.compile(r"answer\s*:", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
 _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
 
 
@@ -43,8 +45,17 @@ class Answer:
 
 
 def document_text(text: str, spec: TaskSpec) -> str:
-    """The part of a document the model sees: whitespace collapsed, cut to max_doc_chars."""
-    return " ".join(text.split())[: spec.prompts.max_doc_chars]
+    """The part of a document the model sees: whitespace collapsed, cut to max_doc_chars.
+
+    Ingestion keeps the text the spec's window chose; a document kept whole (`ingest.read.chars:
+    null`, pages separated by form feeds) gets the window's strategy applied here.
+    """
+    chars = spec.prompts.max_doc_chars
+    if excerpt.PAGE_BREAK in text:
+        return excerpt.choose_from_pages(text.split(excerpt.PAGE_BREAK), spec.ingest.read.strategy, chars)
+    # Runs of whitespace become one space, a trailing one kept: a window cut just after a space then
+    # shows the same text as a longer window of the same document.
+    return _WHITESPACE.sub(" ", text.lstrip())[:chars]
 
 
 def label_lines(out: ClassificationOutput) -> str:

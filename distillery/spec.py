@@ -154,7 +154,22 @@ class SeedSpec(_Strict):
     split_seed: int = Field(0, description="Seed of the stratified split.")
 
 
+class ReadSpec(_Strict):
+    strategy: Literal["head", "after_front", "head_middle"] = Field(
+        "head", description="Which text of a long document the models read: head (the first `chars` characters), "
+        "after_front (the first `chars` after the title block, near-empty pages and table of contents) or "
+        "head_middle (half from the start, half from the middle page on).")
+    chars: int | None = Field(1500, ge=1, description="Characters of text kept per document, chosen by `strategy` "
+                              "(the models read the first prompts.max_doc_chars of them); left out: "
+                              "prompts.max_doc_chars. null keeps all the text of the pages read, page breaks "
+                              "included, and the strategy picks from it when a prompt is rendered.")
+    pages: int | None = Field(10, ge=1, description="Most pages read per document (extraction stops once `chars` "
+                              "are found; it reads on only while fewer than ingest.min_chars turned up). "
+                              "null reads every page: with `chars: null`, the whole text is kept.")
+
+
 class IngestSpec(_Strict):
+    read: ReadSpec = Field(default_factory=ReadSpec, description="How much of each document is extracted and kept.")
     timeout_s: float = Field(30.0, gt=0, description="Per-file extraction time limit; a file past it is quarantined.")
     max_file_mb: float = Field(100.0, gt=0, description="Files larger than this are quarantined as oversize.")
     min_chars: int = Field(50, ge=0, description="Fewer characters of text than this means image_only.")
@@ -245,6 +260,27 @@ class TaskSpec(_Strict):
     seed: int = Field(0, description="Random seed for training and sampling.")
     root: str = Field(".", description="Directory relative paths resolve against: load_spec sets the spec "
                       "file's folder.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_what_the_prompt_shows(cls, raw: Any) -> Any:
+        """ingest.read.chars defaults to prompts.max_doc_chars, written into the ingest section so that
+        changing it re-runs ingestion."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("prompts"), dict):
+            return raw
+        ingest = raw.get("ingest", {})
+        read = ingest.get("read", {}) if isinstance(ingest, dict) else None
+        if not isinstance(read, dict) or "chars" in read or "max_doc_chars" not in raw["prompts"]:
+            return raw
+        return {**raw, "ingest": {**ingest, "read": {**read, "chars": raw["prompts"]["max_doc_chars"]}}}
+
+    @model_validator(mode="after")
+    def _read_covers_the_prompt(self) -> "TaskSpec":
+        chars = self.ingest.read.chars
+        if chars is not None and chars < self.prompts.max_doc_chars:
+            raise ValueError(f"ingest.read.chars ({chars}) is below prompts.max_doc_chars ({self.prompts.max_doc_chars}):"
+                             f" the models would see only the first {chars} characters; raise it or leave it out")
+        return self
 
     def path(self, value: str) -> Path:
         """Resolve a spec path against the spec's root (normalized: `data/demo/../../models` is `models`)."""

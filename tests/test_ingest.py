@@ -159,3 +159,30 @@ def test_empty_source_writes_empty_tables(tmp_path):
     assert docs.num_rows == 0
     assert {"sha256", "path", "text", "copies"} <= set(docs.column_names)
     assert result.counts == {"documents": 0, "quarantined": 0, "duplicates": 0}
+
+
+def _long_pdf(pages: int) -> bytes:
+    import pymupdf
+
+    doc = pymupdf.open()
+    for n in range(1, pages + 1):
+        doc.new_page().insert_textbox(pymupdf.Rect(50, 50, 550, 800), f"Page {n}. " + "A line of real prose. " * 60)
+    return doc.tobytes()
+
+
+def test_documents_keep_the_window_the_prompt_reads_not_the_whole_text(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "long.pdf").write_bytes(_long_pdf(120))
+    result = ingest(_spec(tmp_path / "src"), out=tmp_path / "out", run_id="ingest-window")
+    (doc,) = lake.read_table(result.path("documents")).to_pylist()
+    assert doc["pages"] == 120 and doc["chars"] == 320  # the clinical spec's prompts.max_doc_chars
+    assert doc["text"].startswith("Page 1. A line of real prose.") and "Page 2." not in doc["text"]
+
+
+def test_documents_keep_every_page_when_the_spec_asks(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "long.pdf").write_bytes(_long_pdf(30))
+    spec = _spec(tmp_path / "src", read={"chars": None, "pages": None})
+    result = ingest(spec, out=tmp_path / "out", run_id="ingest-whole")
+    (doc,) = lake.read_table(result.path("documents")).to_pylist()
+    assert doc["text"].count("\f") == 29 and "Page 30." in doc["text"]

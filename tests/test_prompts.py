@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from distillery import excerpt
 from distillery.prompts import (
     PREFILL,
     Answer,
@@ -220,6 +221,24 @@ def test_document_text_collapses_whitespace_and_is_cut_to_max_doc_chars(clinical
     shown = document_text(text, clinical_spec)
     assert len(shown) == clinical_spec.prompts.max_doc_chars
     assert "  " not in shown and "\n" not in shown
+
+
+def test_a_window_cut_just_after_a_space_shows_what_a_longer_window_shows(clinical_spec):
+    words = " ".join(["abcd"] * 400)
+    assert words[clinical_spec.prompts.max_doc_chars - 1] == " "
+    assert document_text(words[:320], clinical_spec) == document_text(words[:1500], clinical_spec) == words[:320]
+
+
+def test_document_kept_whole_is_shown_through_the_spec_strategy(clinical_spec):
+    title = "The Widget Manual\nJane Doe\n2024"
+    body = "\n".join(["The patient reported a fever that lasted for three days and then went away."] * 8)
+    whole = excerpt.PAGE_BREAK.join([title, body])  # ingest.read.chars: null keeps page breaks
+    read = clinical_spec.ingest.read
+    after_front = clinical_spec.model_copy(update={"ingest": clinical_spec.ingest.model_copy(
+        update={"read": read.model_copy(update={"strategy": "after_front"})})})
+    assert document_text(whole, clinical_spec).startswith("The Widget Manual Jane Doe 2024 The patient")
+    shown = document_text(whole, after_front)
+    assert shown.startswith("The patient reported") and len(shown) == clinical_spec.prompts.max_doc_chars
 
 
 def test_classification_message_lists_the_labels_and_top_k(clinical_spec):

@@ -192,6 +192,36 @@ def test_profile_values_are_validated_like_the_base(clinical_raw):
 
 # ---- every problem at once, each naming its field ----------------------------------------------
 
+def test_read_window_keeps_what_the_prompt_shows_unless_told_otherwise(clinical_raw):
+    spec = parse_spec(_without_profiles(clinical_raw))
+    assert spec.ingest.read.chars == spec.prompts.max_doc_chars == 320
+    raw = _without_profiles(clinical_raw)
+    raw["ingest"] = {"read": {"chars": None, "pages": None, "strategy": "after_front"}}
+    read = parse_spec(raw).ingest.read
+    assert (read.chars, read.pages, read.strategy) == (None, None, "after_front")
+
+
+def test_changing_max_doc_chars_changes_the_ingest_section_hash(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    before = parse_spec(raw).section_hash("ingest")
+    raw["prompts"]["max_doc_chars"] = 1000
+    assert parse_spec(raw).section_hash("ingest") != before
+
+
+def test_read_window_smaller_than_the_prompt_is_a_spec_error(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    raw["ingest"] = {"read": {"chars": 100}}
+    (problem,) = _problems(raw)
+    assert "ingest.read.chars (100)" in problem and "prompts.max_doc_chars (320)" in problem
+
+
+def test_unknown_read_strategy_is_rejected_and_named(clinical_raw):
+    raw = _without_profiles(clinical_raw)
+    raw["ingest"] = {"read": {"strategy": "tail"}}
+    (problem,) = _problems(raw)
+    assert problem.startswith("ingest.read.strategy")
+
+
 def test_spec_error_lists_every_problem_at_once(clinical_raw):
     raw = _without_profiles(clinical_raw)
     raw["name"] = "Clinical Cases"
