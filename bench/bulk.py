@@ -50,15 +50,6 @@ def _bare_text(path: str) -> int:
         return sum(len(page.get_text()) for page in doc)
 
 
-def warm_page_cache(paths: list[str]) -> int:
-    """Read every file once, so the first arm does not pay for the disk and the later ones not."""
-    total = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            total += len(f.read())
-    return total
-
-
 def bare_pymupdf(paths: list[str], workers: int) -> float:
     import multiprocessing
 
@@ -129,7 +120,7 @@ def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path | 
     started = time.perf_counter()
     paths = make_corpus(corpus, docs)
     corpus_s = time.perf_counter() - started
-    corpus_bytes = warm_page_cache(paths)  # every arm reads the files from memory, the first one too
+    corpus_bytes = common.warm_page_cache(paths)  # every arm reads the files from memory, the first one too
 
     bare_s = bare_pymupdf(paths, workers)
 

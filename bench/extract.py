@@ -37,14 +37,6 @@ from distillery.spec import ReadSpec
 BUDGETS = (320, 1000, 2000)
 
 
-def warm_page_cache(paths: list[str]) -> int:
-    total = 0
-    for path in paths:
-        with open(path, "rb") as f:
-            total += len(f.read())
-    return total
-
-
 def bare_all_pages(path: str) -> int:
     import pymupdf
 
@@ -87,7 +79,7 @@ def pdf_paths(corpus: Path) -> list[str]:
 def speed(corpus: Path, read: ReadSpec = ReadSpec()) -> dict:
     paths = pdf_paths(corpus)
     load = os.getloadavg()
-    corpus_bytes = warm_page_cache(paths)
+    corpus_bytes = common.warm_page_cache(paths)
     ours_rate, ours_s, rows = timed(lambda p: pdf.extract_file(p, read=read), paths)
     window_rate, _, _ = timed(lambda p: bare_window(p, read.chars or 0, read.pages or 10**9), paths)
     all_rate, all_s, _ = timed(bare_all_pages, paths)
@@ -145,7 +137,7 @@ def strategies(corpus: Path, labels: Path, budgets=BUDGETS, pages: int | None = 
     seeds, heldout = read_labels(labels)
     paths = [str(corpus / d) for d in sorted({**seeds, **heldout})]
     load = os.getloadavg()
-    warm_page_cache(paths)
+    common.warm_page_cache(paths)
     results = []
     for chars in budgets:
         for strategy in excerpt.STRATEGIES:
