@@ -133,8 +133,12 @@ bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the d
 	$(PY) -m bench.grpo_step --spec $(SPEC) --profile $(PROFILE)
 
 .PHONY: bench-bulk
-bench-bulk: ## bulk labeling at scale (MODEL=path: another labeling model): end-to-end vs extraction-only vs inference-only, overlap, MFU -> data/bench/bulk.json
+bench-bulk: ## bulk labeling at scale (MODEL=path: another labeling model; CORPUS=texlive_dev: the real manuals): end-to-end vs extraction-only vs inference-only, bare loops, MFU -> data/bench/bulk[_CORPUS].json
+ifeq ($(CORPUS),texlive_dev)
+	$(PY) -m bench.bulk --spec data/texlive/texlive_dev.yaml --profile $(PROFILE) --pdfs data/texlive/pdfs --name texlive_dev $(if $(MODEL),--model $(MODEL))
+else
 	$(PY) -m bench.bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000) $(if $(MODEL),--model $(MODEL))
+endif
 
 # A real task: TeX Live package manuals -> their TeX Live collection (data/texlive/texlive_dev.yaml).
 # The PDFs are rebuilt from Debian packages (as root, with apt; ~856 MB download, DEBS=dir keeps
@@ -146,11 +150,11 @@ data/texlive/pdfs/.done:
 	$(if $(DEBS),DEBS=$(DEBS)) sh $(TEXLIVE)/build.sh data/texlive/pdfs
 	touch $@
 
-# Extraction on a folder of real PDFs (CORPUS=path, LABELS=folder with seeds.csv and heldout.csv):
+# Extraction on a folder of real PDFs (PDFS=path, LABELS=folder with seeds.csv and heldout.csv):
 # bare all-pages vs bare window vs ours, and the window strategies at equal budgets.
-CORPUS ?= data/texlive/pdfs
+PDFS ?= data/texlive/pdfs
 LABELS ?= ../shared/corpora/texlive_dev
 .PHONY: bench-extract
-bench-extract: ## extraction docs/s and window strategies on CORPUS -> data/bench/extract_*.json, strategies_*.json
-	$(PY) -m bench.extract speed --corpus $(CORPUS) --name $(or $(NAME),texlive_dev)
-	$(PY) -m bench.extract strategies --corpus $(CORPUS) --labels $(LABELS) --name $(or $(NAME),texlive_dev)
+bench-extract: ## extraction docs/s and window strategies on PDFS -> data/bench/extract_*.json, strategies_*.json
+	$(PY) -m bench.extract speed --corpus $(PDFS) --name $(or $(NAME),texlive_dev)
+	$(PY) -m bench.extract strategies --corpus $(PDFS) --labels $(LABELS) --name $(or $(NAME),texlive_dev)
