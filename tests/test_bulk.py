@@ -247,27 +247,3 @@ def test_the_progress_bar_knows_the_total_of_a_small_local_source(inbox):
     assert ingest.count_pdfs(inbox, bulk.COUNT_LIMIT) == 30
     assert ingest.count_pdfs(inbox, 10) is None  # too many to count first: docs/s without an ETA
     assert ingest.count_pdfs("memory://nowhere", 10) is None
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="the ray engine needs `pip install 'ray[data]'`")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_the_ray_engine_labels_like_the_local_engine(clinical_spec, inbox, student, tmp_path, local_ray):
-    spec = _spec(clinical_spec, inbox)
-    local = bulk.bulk_label(spec, student, out=tmp_path / "local", progress=False)
-    ray_spec = spec.model_copy(update={"bulk": spec.bulk.model_copy(update={"engine": "ray"})})
-    on_ray = bulk.bulk_label(ray_spec, student, out=tmp_path / "ray", progress=False)
-    assert on_ray.counts == local.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3}
-    assert on_ray.metrics["engine"] == "ray"
-    _same_labels(_by_hash(tmp_path / "local"), _by_hash(tmp_path / "ray"))
-    assert _quarantined(tmp_path / "ray") == _quarantined(tmp_path / "local")
-    for i in range(200, 210):  # incremental on Ray too: only the new files are labeled
-        (inbox / f"new-{i}.pdf").write_bytes(synth.case_pdf(synth.make_case(i), i))
-    again = bulk.bulk_label(ray_spec, student, out=tmp_path / "ray", progress=False)
-    assert again.counts == {"seen": 40, "skipped": 30, "labeled": 10, "quarantined": 0}
-    assert len(_labeled(tmp_path / "ray")) == len(set(_labeled(tmp_path / "ray"))) == 37
