@@ -3,7 +3,8 @@
     python -m flows.bulk data/demo/clinical.yaml [--source path/to/inbox | s3://bucket/inbox] [--relabel] [--engine ray]
 
 Each run lists the source, skips every document the current student already labeled (content
-hash + model id) and labels the rest; the catalog's `bulk_labels` view shows one row per document.
+hash + model id) and labels the rest; the catalog's `bulk_labels` view shows one row per file (a
+byte-identical copy gets its twin's label, `duplicate_of` naming the twin).
 """
 
 from __future__ import annotations

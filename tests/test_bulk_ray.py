@@ -3,7 +3,6 @@ exactly once across a killed driver. The cluster outlives the driver, as a real 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -16,7 +15,8 @@ import pytest
 from distillery import bulk, synth
 
 from conftest import REPO
-from test_bulk import KILLABLE, _by_hash, _labeled, _quarantined, _same_labels, _spec, student  # noqa: F401
+from test_bulk import (KILLABLE, _by_hash, _labeled, _quarantined, _rows_by_path, _same_labels, _spec,  # noqa: F401
+                       student)
 
 pytestmark = pytest.mark.slow
 
@@ -45,26 +45,31 @@ def inbox(tmp_path) -> Path:
     return tmp_path / "inbox"
 
 
+def _by_path(out: Path) -> dict[str, tuple]:
+    """path -> (labels or quarantine, label or reason, twin); exactly one row per path or this fails."""
+    return {p: (r["kind"], r.get("label") or r["reason"], r["duplicate_of"]) for p, (r,) in _rows_by_path(out).items()}
+
+
 def test_the_ray_engine_labels_like_the_local_engine(clinical_spec, inbox, student, tmp_path, cluster):
+    (inbox / "copy-of-00003.pdf").write_bytes((inbox / "case-00003.pdf").read_bytes())
     spec = _spec(clinical_spec, inbox)
     local = bulk.bulk_label(spec, student, out=tmp_path / "local", progress=False)
     on_ray = bulk.bulk_label(_on_ray(spec), student, out=tmp_path / "ray", progress=False)
-    assert on_ray.counts == local.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3}
+    counts = {"seen": 31, "skipped": 0, "labeled": 27, "quarantined": 3, "duplicates": 1}
+    assert on_ray.counts == local.counts == counts
     assert on_ray.metrics["engine"] == "ray"
     _same_labels(_by_hash(tmp_path / "local"), _by_hash(tmp_path / "ray"))
-    assert _quarantined(tmp_path / "ray") == _quarantined(tmp_path / "local")
+    assert _by_path(tmp_path / "ray") == _by_path(tmp_path / "local")  # the copy included
     for i in range(200, 210):  # incremental on Ray too: only the new files are labeled
         (inbox / f"new-{i}.pdf").write_bytes(synth.case_pdf(synth.make_case(i), i))
     again = bulk.bulk_label(_on_ray(spec), student, out=tmp_path / "ray", progress=False)
-    assert again.counts == {"seen": 40, "skipped": 30, "labeled": 10, "quarantined": 0}
-    assert len(_labeled(tmp_path / "ray")) == len(set(_labeled(tmp_path / "ray"))) == 37
+    assert again.counts == {"seen": 41, "skipped": 31, "labeled": 10, "quarantined": 0, "duplicates": 0}
+    assert len(set(_labeled(tmp_path / "ray"))) == 37 and len(_rows_by_path(tmp_path / "ray")) == 41
 
 
 def test_a_killed_ray_driver_resumes_with_nothing_lost_or_duplicated(clinical_spec, student, tmp_path, cluster):
     truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
     valid = sum(row["verdict"] == "ok" for row in truth)
-    bad = {hashlib.sha256((tmp_path / "inbox" / row["file"]).read_bytes()).hexdigest()
-           for row in truth if row["verdict"] != "ok"}
     spec = _on_ray(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     out = tmp_path / "bulk"
@@ -80,5 +85,7 @@ def test_a_killed_ray_driver_resumes_with_nothing_lost_or_duplicated(clinical_sp
     assert 0 < partial < valid, "the kill should land mid-run"
     again = bulk.bulk_label(spec, student, out=out, progress=False)  # on the same cluster
     assert again.counts["skipped"] > 0
-    assert len(_labeled(out)) == len(set(_labeled(out))) == valid
-    assert len(_quarantined(out)) == len(bad)
+    rows = _rows_by_path(out)
+    assert sorted(rows) == sorted(str(p) for p in (tmp_path / "inbox").iterdir())  # nothing lost
+    assert all(len(r) == 1 for r in rows.values())  # nothing twice
+    assert sum(r["kind"] == "labels" for (r,) in rows.values()) == valid

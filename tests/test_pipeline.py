@@ -119,7 +119,7 @@ def test_distill_flow_runs_all_stages_then_reuses_them(tiny_task, tmp_path, monk
         for i in range(100, 103):
             (inbox / f"new-{i}.pdf").write_bytes(synth.case_pdf(synth.make_case(i), i))
         scheduled = bulk(str(changed), None, str(inbox))
-        assert scheduled["counts"] == {"seen": 3, "skipped": 0, "labeled": 3, "quarantined": 0}
+        assert scheduled["counts"] == {"seen": 3, "skipped": 0, "labeled": 3, "quarantined": 0, "duplicates": 0}
         assert bulk(str(changed), None, str(inbox))["counts"]["skipped"] == 3
         with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
             assert _count(con, "select count(*) from bulk_labels") == valid + 3

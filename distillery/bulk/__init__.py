@@ -9,7 +9,8 @@ way results land in Parquet shards written atomically and committed through `man
 this process alone (`bulk/ledger.py`); only committed shards count, so a crash between shard and
 manifest loses nothing and duplicates nothing (the rerun labels that batch again). A document
 already labeled by the same student (content hash + model id) is skipped; `relabel=True` labels
-everything with the current student. One bulk run per output folder at a time (a file lock); a
+everything with the current student. A byte-identical copy of a done file gets its twin's row
+under its own path (`duplicate_of`). One bulk run per output folder at a time (a file lock); a
 second gets a clear error instead of double-labeling.
 """
 
@@ -22,8 +23,8 @@ from typing import Iterator
 
 from distillery import ingest, lake, pdf
 from distillery.bulk import local
-from distillery.bulk.ledger import (LABEL_SCHEMA, QUARANTINE_SCHEMA, BulkBusy, Run, committed, done_hashes,
-                                    exclusive, read_manifest)
+from distillery.bulk.ledger import (LABEL_SCHEMA, QUARANTINE_SCHEMA, BulkBusy, Run, committed, done, exclusive,
+                                    read_manifest)
 from distillery.spec import TaskSpec
 
 __all__ = ["COUNT_LIMIT", "LABEL_SCHEMA", "QUARANTINE_SCHEMA", "BulkBusy", "bulk_label", "committed", "exclusive",
@@ -43,10 +44,10 @@ def bulk_label(spec: TaskSpec, student: Path, *, out: Path, relabel: bool = Fals
     model_id = f"{student}@{lake.hash_model(student)}"
     meta = {"task": spec.name, "run_id": run_id, "stage": "bulk"}
     with exclusive(out):
-        seen = done_hashes(out, model_id, relabel)
+        finished = done(out, model_id, relabel)
         total = ingest.count_pdfs(source, COUNT_LIMIT) if progress else None
         bar = _progress(progress, total, engine)
-        run = Run(out, run_id, cfg.shard_size, seen, model_id, meta, bar)
+        run = Run(out, run_id, cfg.shard_size, finished, model_id, meta, bar)
         items = run.listed(_items(source))
         if engine == "ray":
             from distillery.bulk import ray as ray_engine  # Ray loads only for the engine that uses it
@@ -56,7 +57,7 @@ def bulk_label(spec: TaskSpec, student: Path, *, out: Path, relabel: bool = Fals
             events = local.events(spec, student, items, run)
         for r, fields in events:
             run.add(r, fields)
-        run.flush()
+        run.finish()
         bar.close()
     seconds = time.perf_counter() - started
     counts = run.counts

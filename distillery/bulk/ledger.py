@@ -2,17 +2,24 @@
 
 Only this process writes; the engines only compute. A shard counts once `manifest.json` names it,
 so a crash between shard and manifest loses nothing and duplicates nothing.
+
+Every listed path ends with a row under its own name: a byte-identical copy of a file labeled or
+quarantined before (this run or an earlier one) is not scored again but gets its twin's row, with
+`duplicate_of` naming the twin's path, so a lookup by path never comes back empty.
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from distillery import lake, pdf
 from distillery.errors import DistilleryError
@@ -20,12 +27,14 @@ from distillery.errors import DistilleryError
 LABEL_SCHEMA = pa.schema([
     ("sha256", pa.string()), ("path", pa.string()), ("label", pa.string()), ("ranked", pa.string()),
     ("confidence", pa.float64()), ("probs", pa.string()), ("model", pa.string()), ("task", pa.string()),
-    ("run_id", pa.string()), ("stage", pa.string()),
+    ("run_id", pa.string()), ("stage", pa.string()), ("duplicate_of", pa.string()),
 ])
 QUARANTINE_SCHEMA = pa.schema([
     ("path", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()), ("reason", pa.string()),
     ("detail", pa.string()), ("task", pa.string()), ("run_id", pa.string()), ("stage", pa.string()),
+    ("duplicate_of", pa.string()),
 ])
+SCHEMAS = {"labels": LABEL_SCHEMA, "quarantine": QUARANTINE_SCHEMA}
 
 
 class BulkBusy(DistilleryError):
@@ -65,30 +74,51 @@ def commit(out: Path, kind: str, table: pa.Table, run_id: str, n: int) -> None:
     lake.write_json(manifest, out / "manifest.json")
 
 
-def done_hashes(out: Path, model_id: str, relabel: bool) -> set[str]:
-    """Hashes to skip: labeled by this very student, or already quarantined (unless relabeling)."""
+def _rows(out: Path, kind: str, columns: list[str], hashes: set[str] | None = None) -> Iterator[dict]:
+    """The committed rows of one kind (only these columns; only these hashes when given)."""
+    for f in committed(out, kind):
+        schema = pq.read_schema(f)
+        t = pq.read_table(f, columns=[c for c in columns if c in schema.names])
+        if hashes is not None:
+            t = t.filter(pc.is_in(t.column("sha256"), pa.array(sorted(hashes), pa.string())))
+        yield from t.to_pylist()
+
+
+def done(out: Path, model_id: str, relabel: bool) -> tuple[dict[str, str], set[str]]:
+    """(hash -> the path whose row holds it, paths that have a row): labeled by this very student or
+    quarantined, unless relabeling (then nothing is done)."""
+    twins: dict[str, str] = {}
+    paths: set[str] = set()
     if relabel:
-        return set()
-    seen = set()
-    for f in committed(out, "labels"):
-        t = lake.read_table(f)
-        seen.update(h for h, m in zip(t.column("sha256").to_pylist(), t.column("model").to_pylist()) if m == model_id)
-    for f in committed(out, "quarantine"):
-        seen.update(lake.read_table(f).column("sha256").to_pylist())
-    return seen
+        return twins, paths
+    cols = ["sha256", "path", "duplicate_of"]
+    labeled = (r for r in _rows(out, "labels", [*cols, "model"]) if r["model"] == model_id)
+    for r in itertools.chain(labeled, _rows(out, "quarantine", cols)):
+        paths.add(r["path"])
+        if r["sha256"]:  # a file that could not be read has no hash and no twin
+            twins.setdefault(r["sha256"], r.get("duplicate_of") or r["path"])
+    return twins, paths
 
 
 class Run:
-    """One run's bookkeeping: the done set, counts, and the shards it commits."""
+    """One run's bookkeeping: what is done, counts, and the shards it commits."""
 
-    def __init__(self, out: Path, run_id: str, shard_size: int, seen: set[str], model_id: str, meta: dict, bar):
-        self.out, self.run_id, self.shard_size, self.seen, self.bar = out, run_id, shard_size, seen, bar
+    def __init__(self, out: Path, run_id: str, shard_size: int, done: tuple[dict[str, str], set[str]],
+                 model_id: str, meta: dict, bar):
+        self.out, self.run_id, self.shard_size, self.bar = out, run_id, shard_size, bar
+        self.twins, self.paths = done
         self.model_id, self.meta = model_id, meta
-        self.counts = {"seen": 0, "skipped": 0, "labeled": 0, "quarantined": 0}
+        self.counts = {"seen": 0, "skipped": 0, "labeled": 0, "quarantined": 0, "duplicates": 0}
         self.by_reason: dict[str, int] = {}
         self.labels: list[dict] = []
         self.bad: list[dict] = []
+        self.copies: list[dict] = []  # byte-identical copies, written once their twins are committed
         self.shards = 0
+
+    @property
+    def seen(self) -> frozenset[str]:
+        """Hashes the extraction workers skip without extracting."""
+        return frozenset(self.twins)
 
     def listed(self, items):
         for item in items:
@@ -96,12 +126,18 @@ class Run:
             yield item
 
     def fresh(self, r: pdf.Extracted) -> bool:
-        """False (and counted as skipped) for a file done before or a byte-identical copy met earlier."""
-        if r.verdict == "skipped" or r.sha256 in self.seen:
-            self.counts["skipped"] += 1
+        """False for a file done before (skipped) or a byte-identical copy of one (a row to copy)."""
+        if r.sha256 in self.twins:
+            if r.path in self.paths:
+                self.counts["skipped"] += 1
+            else:
+                self.paths.add(r.path)
+                self.copies.append({"path": r.path, "sha256": r.sha256, "duplicate_of": self.twins[r.sha256]})
             self.bar.update(1)
             return False
-        self.seen.add(r.sha256)
+        if r.sha256:
+            self.twins[r.sha256] = r.path
+        self.paths.add(r.path)
         return True
 
     def add(self, r: pdf.Extracted, fields: dict | None) -> None:
@@ -117,13 +153,39 @@ class Run:
             self.flush()
 
     def flush(self) -> None:
-        if self.labels:
-            commit(self.out, "labels", pa.Table.from_pylist(self.labels, schema=LABEL_SCHEMA), self.run_id, self.shards)
-            self.counts["labeled"] += len(self.labels)
-        if self.bad:
-            commit(self.out, "quarantine", pa.Table.from_pylist(self.bad, schema=QUARANTINE_SCHEMA), self.run_id,
-                   self.shards)
-            self.counts["quarantined"] += len(self.bad)
-        if self.labels or self.bad:
-            self.shards += 1
+        self.counts["labeled"] += self._commit("labels", self.labels)
+        self.counts["quarantined"] += self._commit("quarantine", self.bad)
         self.labels, self.bad = [], []
+
+    def finish(self) -> None:
+        """Commit what is left, then the copies: each gets its twin's row under its own path."""
+        self.flush()
+        if not self.copies:
+            return
+        twins = {h: self.twins[h] for h in {c["sha256"] for c in self.copies}}
+        found = {kind: self._twin_rows(kind, twins) for kind in SCHEMAS}
+        rows: dict[str, list[dict]] = {kind: [] for kind in SCHEMAS}
+        for copy in self.copies:
+            kind = "labels" if copy["sha256"] in found["labels"] else "quarantine"
+            rows[kind].append({**found[kind][copy["sha256"]], **copy, **self.meta})
+        for kind, chunk in rows.items():
+            for start in range(0, len(chunk), self.shard_size):
+                self.counts["duplicates"] += self._commit(kind, chunk[start:start + self.shard_size])
+        self.copies = []
+
+    def _twin_rows(self, kind: str, twins: dict[str, str]) -> dict[str, dict]:
+        """hash -> the committed row of its twin (this student's label, else the quarantine record)."""
+        found: dict[str, dict] = {}
+        for r in _rows(self.out, kind, SCHEMAS[kind].names, set(twins)):
+            if kind == "labels" and r["model"] != self.model_id:
+                continue
+            if r["sha256"] not in found or r["path"] == twins[r["sha256"]]:
+                found[r["sha256"]] = r
+        return found
+
+    def _commit(self, kind: str, rows: list[dict]) -> int:
+        if not rows:
+            return 0
+        commit(self.out, kind, pa.Table.from_pylist(rows, schema=SCHEMAS[kind]), self.run_id, self.shards)
+        self.shards += 1
+        return len(rows)

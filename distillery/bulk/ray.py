@@ -121,7 +121,7 @@ def _dataset(ray, spec: TaskSpec, student: Path, wave: list[pdf.Item], run: Run)
     ds = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // cfg.batch_size))  # a block per batch
     ds = ds.map_batches(Extractor, batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1,
                         compute=ray.data.ActorPoolStrategy(size=workers),
-                        fn_constructor_kwargs={"skip": ray.put(frozenset(run.seen)), "options": extract_options(spec)})
+                        fn_constructor_kwargs={"skip": ray.put(run.seen), "options": extract_options(spec)})
     return ds.map_batches(Labeler, batch_size=cfg.batch_size, batch_format="pyarrow",
                           compute=ray.data.ActorPoolStrategy(size=cfg.ray_labelers),
                           fn_constructor_kwargs={"spec_json": spec.model_dump_json(), "student": str(student)},
