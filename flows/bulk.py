@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from distillery import lake
 from distillery.errors import StageInputMissing
 from distillery.spec import load_spec
+from flows import lifetime
 from tasks.stages import label_inbox
 
 
@@ -40,6 +41,7 @@ def main() -> None:
                     help="default: the spec's bulk.engine; ray uses RAY_ADDRESS, else a local Ray")
     ap.add_argument("--relabel", action="store_true", help="label everything again with the current student")
     args = ap.parse_args()
+    lifetime.watch()  # before the flow starts Prefect's temporary server: it must die with this process
     bulk(args.spec, args.profile or None, args.source, args.relabel, args.engine)
 
 

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 
 from distillery.lake import STAGES
 from distillery.spec import load_spec
+from flows import lifetime
 from tasks.stages import UPSTREAM, promoted_student, report_task, run_bulk, run_stage
 
 
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--until", default="bulk", choices=STAGES)
     args = ap.parse_args()
+    lifetime.watch()  # before the flow starts Prefect's temporary server: it must die with this process
     distill(args.spec, args.profile or None, args.until)
 
 
