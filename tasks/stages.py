@@ -24,7 +24,7 @@ from distillery.errors import TransientError
 from distillery.spec import TaskSpec
 
 # Bump a stage's version when its code changes what it produces.
-VERSIONS = {"ingest": 1, "seed": 1, "teacher": 3, "label": 3, "student": 2, "bulk": 2}
+VERSIONS = {"ingest": 1, "seed": 1, "teacher": 3, "label": 3, "student": 2, "bulk": 3}
 SECTIONS = {"ingest": ("source", "ingest"), "seed": ("seeds", "output"),
             "teacher": ("output", "prompts", "grader", "models", "teacher", "seed"),
             "label": ("output", "prompts", "label", "teacher"), "student": ("output", "prompts", "models", "student", "seed"),

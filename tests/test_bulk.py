@@ -115,6 +115,25 @@ def test_a_byte_identical_copy_gets_a_row_under_its_own_path(clinical_spec, inbo
     assert rows[str(inbox / "later-copy.pdf")][0]["duplicate_of"] == str(good)
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def test_files_that_could_not_be_hashed_are_never_taken_for_copies(tmp_path):
+    from distillery import pdf
+    from distillery.bulk.ledger import Run
+
+    run = Run(tmp_path, "r", 8, ({}, set()), "m", {"task": "t", "run_id": "r", "stage": "bulk"}, _NoBar())
+    for name in ("s3://inbox/a.pdf", "s3://inbox/b.pdf"):  # remote reads that timed out: no bytes, no hash
+        r = pdf.Extracted(name, "", 0, "timeout", "extraction took longer than 3 s", 0, "")
+        assert run.fresh(r)
+        run.add(r, None)
+    run.finish()
+    assert _quarantined(tmp_path) == {"a.pdf": "timeout", "b.pdf": "timeout"}
+    assert run.counts == {"seen": 0, "skipped": 0, "labeled": 0, "quarantined": 2, "duplicates": 0}
+
+
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path

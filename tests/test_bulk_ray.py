@@ -15,8 +15,7 @@ import pytest
 from distillery import bulk, synth
 
 from conftest import REPO
-from test_bulk import (KILLABLE, _by_hash, _labeled, _quarantined, _rows_by_path, _same_labels, _spec,  # noqa: F401
-                       student)
+from test_bulk import KILLABLE, _by_hash, _labeled, _rows_by_path, _same_labels, _spec, student  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 The pipeline is one Ray Data dataset per wave of listed files:
 
-    paths -> map_batches(Extractor, ActorPoolStrategy(size=ingest.workers))
+    paths -> map_batches(Extractor, ActorPoolStrategy(size=bulk.ray_extractors or ingest.workers))
           -> map_batches(Labeler, ActorPoolStrategy(size=bulk.ray_labelers), num_gpus=1 where there are GPUs)
           -> iter_batches on the driver
 
@@ -115,7 +115,8 @@ def _fields(row: dict) -> dict | None:
 
 
 def _dataset(ray, spec: TaskSpec, student: Path, wave: list[pdf.Item], run: Run):
-    cfg, workers = spec.bulk, spec.ingest.workers
+    cfg = spec.bulk
+    workers = cfg.ray_extractors or spec.ingest.workers
     gpus = int(ray.cluster_resources().get("GPU", 0))
     rows = [{"path": i[0], "data": i[1]} if isinstance(i, tuple) else {"path": str(i)} for i in wave]
     ds = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // cfg.batch_size))  # a block per batch
