@@ -28,7 +28,9 @@ GRACE_S = 3.0  # between SIGTERM and SIGKILL: a server gets to close its databas
 
 
 def watch() -> None:
-    """Tie every process this one starts from now on to this process's life."""
+    """Tie every process this one starts from now on to this process's life (Linux: /proc, prctl)."""
+    if not sys.platform.startswith("linux"):
+        return
     if os.environ.pop(EXIT_WITH_PARENT, None):
         _exit_with_parent()
     token = uuid.uuid4().hex
