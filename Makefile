@@ -16,7 +16,9 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
-RUN := $(PY) -m flows.distill $(SPEC) --profile $(PROFILE) --until
+# A flow started here ends when make is killed, and its own processes with it (flows/lifetime.py).
+FLOW := DISTILLERY_EXIT_WITH_PARENT=1 $(PY) -m
+RUN := $(FLOW) flows.distill $(SPEC) --profile $(PROFILE) --until
 
 .PHONY: setup deps model demo-data demo run seed teacher label student bulk inbox report test test-fast lock clean server deploy worker stop
 
@@ -58,7 +60,7 @@ student: ; $(RUN) student
 bulk: ; $(RUN) bulk
 
 inbox: ## label new PDFs in SOURCE (folder, glob or fsspec URL; default: the spec's bulk.source) with the promoted student (STUDENT=latest: the latest, even if it failed its gate); ENGINE=ray for Ray
-	$(PY) -m flows.bulk $(SPEC) --profile $(PROFILE) $(if $(SOURCE),--source $(SOURCE)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(STUDENT),--student $(STUDENT))
+	$(FLOW) flows.bulk $(SPEC) --profile $(PROFILE) $(if $(SOURCE),--source $(SOURCE)) $(if $(ENGINE),--engine $(ENGINE)) $(if $(STUDENT),--student $(STUDENT))
 
 # A local Prefect server (SQLite under data/prefect, loopback only), deployments and a process worker.
 # Server and worker run in the background; logs and pid files in data/prefect/.

@@ -30,8 +30,9 @@ VIEWS = ("documents", "quarantine", "seed_labels", "teacher_eval", "teacher_metr
          "student_eval", "bulk_labels")
 
 # Views that keep one row per key: ingestion and bulk may both quarantine a file; a new student
-# relabels documents (older labels stay in their shards, as history).
-LATEST = {"quarantine": ("task", "path"), "bulk_labels": ("task", "sha256")}
+# relabels a file (older labels stay in their shards, as history). Bulk labels are keyed by path,
+# not hash, so a byte-identical copy keeps its own row (its `duplicate_of` names the twin).
+LATEST = {"quarantine": ("task", "path"), "bulk_labels": ("task", "path")}
 
 # Numbered schema migrations, applied once each, in order (like simonw/llm's migrations.py).
 MIGRATIONS = [

@@ -303,12 +303,21 @@ def extract_many(paths: Iterable[Item], *, workers: int = 2, timeout_s: float = 
     `skipped`), handed to each worker once at start. `read`: how much of each document is extracted
     (the spec's `ingest.read`; default its defaults).
     """
+    with worker_pool(workers, skip) as pool:
+        yield from extract_in(pool, paths, timeout_s=timeout_s, max_bytes=max_bytes, min_chars=min_chars,
+                              window=window, ordered=ordered, read=read)
+
+
+def worker_pool(workers: int, skip: Container[str] | None = None, *, spawn: bool = False):
+    """A pebble ProcessPool for `extract_in`; `skip` goes to each worker once, at start. `spawn`: start
+    workers fresh instead of forking, where the parent is threaded (a Ray worker)."""
+    import multiprocessing
+
     from pebble import ProcessPool
 
     init = {"initializer": _set_skip, "initargs": (skip,)} if skip else {}
-    with ProcessPool(max_workers=workers, **init) as pool:
-        yield from extract_in(pool, paths, timeout_s=timeout_s, max_bytes=max_bytes, min_chars=min_chars,
-                              window=window, ordered=ordered, read=read)
+    context = multiprocessing.get_context("spawn") if spawn else multiprocessing
+    return ProcessPool(max_workers=workers, context=context, **init)
 
 
 def extract_in(pool, paths: Iterable[Item], *, timeout_s: float = 30.0, max_bytes: int | None = None,

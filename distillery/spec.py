@@ -242,6 +242,8 @@ class BulkSpec(_Strict):
                                             "ray: both on a Ray cluster (RAY_ADDRESS, else a local Ray), results "
                                             "committed here through the same manifest.")
     ray_labelers: int = Field(1, ge=1, description="ray: student replicas (actors), one GPU each where the cluster has GPUs.")
+    ray_extractors: int | None = Field(None, ge=1, description="ray: extraction actors (one worker process each, "
+                                       "anywhere on the cluster); default ingest.workers.")
 
 
 class TaskSpec(_Strict):

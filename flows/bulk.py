@@ -4,7 +4,8 @@
         [--engine ray] [--student promoted | latest | path/to/model]
 
 Each run lists the source, skips every document the current student already labeled (content
-hash + model id) and labels the rest; the catalog's `bulk_labels` view shows one row per document.
+hash + model id) and labels the rest; the catalog's `bulk_labels` view shows one row per file (a
+byte-identical copy gets its twin's label, `duplicate_of` naming the twin).
 By default only a student that passed its promotion gate labels; `--student latest` labels with the
 latest student anyway, and the run's recorded inputs say so.
 """
@@ -19,6 +20,7 @@ from prefect import flow, get_run_logger
 from distillery.errors import DistilleryError
 from distillery.lake import Layout
 from distillery.spec import load_spec
+from flows import lifetime
 from tasks.stages import label_inbox, pick_student
 
 
@@ -47,6 +49,7 @@ def main() -> None:
                     help="promoted (default: the latest student that passed its gate), latest (the latest student "
                          "even if it failed its gate; recorded in the run's lineage) or a model folder")
     args = ap.parse_args()
+    lifetime.watch()  # before the flow starts Prefect's temporary server: it must die with this process
     try:
         bulk(args.spec, args.profile or None, args.source, args.relabel, args.engine, args.student)
     except DistilleryError as e:

@@ -15,6 +15,7 @@ from prefect import flow
 
 from distillery.lake import STAGES, Layout
 from distillery.spec import load_spec
+from flows import lifetime
 from tasks.stages import INGEST, LABEL, SEED, STUDENT, TEACHER, Run
 
 
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--until", default="bulk", choices=STAGES)
     args = ap.parse_args()
+    lifetime.watch()  # before the flow starts Prefect's temporary server: it must die with this process
     state = distill(args.spec, args.profile or None, args.until, return_state=True)
     if not state.is_completed():  # e.g. no student passed its gate: the message says what to do
         print(f"error: {state.message}", file=sys.stderr)

@@ -56,7 +56,7 @@ LABEL = Stage("label", label, 3, ("output", "prompts", "label", "teacher"), ("ma
 STUDENT = Stage("student", student, 2, ("output", "prompts", "models", "student", "seed"), ("student_eval",),
                 lambda spec: {"student_model": lake.hash_model(spec.path(spec.models.student))})
 STAGES = {s.name: s for s in (INGEST, SEED, TEACHER, LABEL, STUDENT)}
-BULK_VERSION, BULK_SECTIONS = 2, ("bulk", "ingest", "prompts", "output")
+BULK_VERSION, BULK_SECTIONS = 3, ("bulk", "ingest", "prompts", "output")
 
 
 def stage_key(stage: Stage, spec: TaskSpec, results: Mapping[str, StageResult]) -> tuple[str, dict]:

@@ -48,7 +48,7 @@ def _quarantined(out: Path) -> dict[str, str]:
 def test_every_valid_pdf_is_labeled_once_and_every_bad_one_quarantined(clinical_spec, inbox, student, tmp_path):
     out = tmp_path / "bulk"
     result = bulk.bulk_label(_spec(clinical_spec, inbox), student, out=out, progress=False)
-    assert result.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3}
+    assert result.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3, "duplicates": 0}
     assert len(_labeled(out)) == len(set(_labeled(out))) == 27
     assert sorted(_quarantined(out).values()) == ["corrupt", "empty", "encrypted"]
 
@@ -70,6 +70,68 @@ def test_relabel_labels_everything_again_with_the_current_student(clinical_spec,
     bulk.bulk_label(spec, student, out=out, progress=False)
     again = bulk.bulk_label(spec, student, out=out, relabel=True, progress=False)
     assert again.counts["labeled"] == 27
+
+
+def _rows_by_path(out: Path) -> dict[str, list[dict]]:
+    """Every committed row, label or quarantine, under the path it names."""
+    rows: dict[str, list[dict]] = {}
+    for kind in ("labels", "quarantine"):
+        for f in bulk.committed(out, kind):
+            for r in lake.read_table(f).to_pylist():
+                rows.setdefault(r["path"], []).append({**r, "kind": kind})
+    return rows
+
+
+def test_a_byte_identical_copy_gets_a_row_under_its_own_path(clinical_spec, inbox, student, tmp_path,
+                                                             distillery_home):
+    good, bad = inbox / "case-00000.pdf", inbox / "case-00019.pdf"  # a valid report and the encrypted one
+    (inbox / "copies").mkdir()
+    (inbox / "copies" / "same-report.pdf").write_bytes(good.read_bytes())
+    (inbox / "copies" / "same-encrypted.pdf").write_bytes(bad.read_bytes())
+    out = tmp_path / "bulk"
+    spec = _spec(clinical_spec, inbox)
+    result = bulk.bulk_label(spec, student, out=out, progress=False)
+    rows = _rows_by_path(out)
+    assert sorted(rows) == sorted(str(p) for p in inbox.rglob("*.pdf"))  # every path: a row
+    assert all(len(r) == 1 for r in rows.values())  # and only one
+    assert result.counts == {"seen": 32, "skipped": 0, "labeled": 27, "quarantined": 3, "duplicates": 2}
+    copy, twin = rows[str(inbox / "copies" / "same-report.pdf")][0], rows[str(good)][0]
+    assert copy["kind"] == "labels" and copy["duplicate_of"] == str(good) and twin["duplicate_of"] is None
+    assert (copy["label"], copy["probs"], copy["sha256"]) == (twin["label"], twin["probs"], twin["sha256"])
+    copy = rows[str(inbox / "copies" / "same-encrypted.pdf")][0]
+    assert (copy["kind"], copy["reason"], copy["duplicate_of"]) == ("quarantine", "encrypted", str(bad))
+    lake.register(distillery_home, "clinical", result, cache_key="k", config_hash="c", inputs={},
+                  started_at=lake.now(), views={"bulk_labels": [str(f) for f in bulk.committed(out, "labels")]})
+    with lake.catalog(distillery_home, read_only=True) as con:  # the catalog finds it by path too
+        found = con.execute("SELECT label, duplicate_of FROM bulk_labels WHERE path = ?",
+                            [str(inbox / "copies" / "same-report.pdf")]).fetchall()
+    assert found == [(twin["label"], str(good))]
+
+    (inbox / "later-copy.pdf").write_bytes(good.read_bytes())  # a copy of a file done in an earlier run
+    again = bulk.bulk_label(spec, student, out=out, progress=False)
+    assert again.counts == {"seen": 33, "skipped": 32, "labeled": 0, "quarantined": 0, "duplicates": 1}
+    rows = _rows_by_path(out)
+    assert len(rows) == 33 and all(len(r) == 1 for r in rows.values())
+    assert rows[str(inbox / "later-copy.pdf")][0]["duplicate_of"] == str(good)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def test_files_that_could_not_be_hashed_are_never_taken_for_copies(tmp_path):
+    from distillery import pdf
+    from distillery.bulk.ledger import Run
+
+    run = Run(tmp_path, "r", 8, ({}, set()), "m", {"task": "t", "run_id": "r", "stage": "bulk"}, _NoBar())
+    for name in ("s3://inbox/a.pdf", "s3://inbox/b.pdf"):  # remote reads that timed out: no bytes, no hash
+        r = pdf.Extracted(name, "", 0, "timeout", "extraction took longer than 3 s", 0, "")
+        assert run.fresh(r)
+        run.add(r, None)
+    run.finish()
+    assert _quarantined(tmp_path) == {"a.pdf": "timeout", "b.pdf": "timeout"}
+    assert run.counts == {"seen": 0, "skipped": 0, "labeled": 0, "quarantined": 2, "duplicates": 0}
 
 
 HOLD_LOCK = """
@@ -175,7 +237,7 @@ def test_an_fsspec_memory_source_labels_like_the_local_folder(clinical_spec, inb
         result = bulk.bulk_label(spec, student, out=tmp_path / "memory", source=f"memory://{root}", progress=False)
     finally:
         fs.rm(root, recursive=True)
-    assert result.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3}
+    assert result.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3, "duplicates": 0}
     assert all(p.startswith("memory://") for p in (r["path"] for f in bulk.committed(tmp_path / "memory", "labels")
                                                    for r in lake.read_table(f).to_pylist()))
     _same_labels(_by_hash(tmp_path / "local"), _by_hash(tmp_path / "memory"))
@@ -187,7 +249,7 @@ def test_a_file_url_source_is_the_local_folder(clinical_spec, inbox, student, tm
     url = bulk.bulk_label(spec, student, out=tmp_path / "url", source=f"file://{inbox}", progress=False)
     assert url.counts["labeled"] == 27
     again = bulk.bulk_label(spec, student, out=tmp_path / "url", progress=False)  # same files, as a path
-    assert again.counts == {"seen": 30, "skipped": 30, "labeled": 0, "quarantined": 0}
+    assert again.counts == {"seen": 30, "skipped": 30, "labeled": 0, "quarantined": 0, "duplicates": 0}
 
 
 def test_a_hundred_new_pdfs_in_a_labeled_inbox_are_the_only_ones_labeled(clinical_spec, inbox, student, tmp_path):
@@ -201,7 +263,7 @@ def test_a_hundred_new_pdfs_in_a_labeled_inbox_are_the_only_ones_labeled(clinica
         (inbox / f"new-{i}.pdf").write_bytes(data)
         new[i] = data
     again = bulk.bulk_label(spec, student, out=out, progress=False)
-    assert again.counts == {"seen": 130, "skipped": 30, "labeled": 100, "quarantined": 0}
+    assert again.counts == {"seen": 130, "skipped": 30, "labeled": 100, "quarantined": 0, "duplicates": 0}
     added = set(_labeled(out)) - before
     assert len(added) == 100 and len(_labeled(out)) == len(set(_labeled(out))) == 127
     import hashlib
@@ -228,7 +290,7 @@ def test_every_quarantine_reason_is_recorded_and_summarized(clinical_spec, stude
     result = bulk.bulk_label(spec, student, out=out, progress=False)
     reasons = ["corrupt", "empty", "encrypted", "image_only", "not_pdf", "oversize", "timeout"]
     assert {name.removesuffix(".pdf"): reason for name, reason in _quarantined(out).items()} == {r: r for r in reasons}
-    assert result.counts == {"seen": 8, "skipped": 0, "labeled": 1, "quarantined": 7}
+    assert result.counts == {"seen": 8, "skipped": 0, "labeled": 1, "quarantined": 7, "duplicates": 0}
     assert result.metrics["quarantine_by_reason"] == {r: 1 for r in reasons}
     assert result.metrics["engine"] == "local" and result.metrics["docs_per_s"] > 0
 
@@ -251,29 +313,3 @@ def test_the_progress_bar_knows_the_total_of_a_small_local_source(inbox):
     assert sources.count_pdfs(inbox, bulk.COUNT_LIMIT) == 30
     assert sources.count_pdfs(inbox, 10) is None  # too many to count first: docs/s without an ETA
     assert sources.count_pdfs("memory://nowhere", 10) is None
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="the ray engine needs `pip install 'ray[data]'`")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_the_ray_engine_labels_like_the_local_engine(clinical_spec, inbox, student, tmp_path, local_ray):
-    spec = _spec(clinical_spec, inbox)
-    local = bulk.bulk_label(spec, student, out=tmp_path / "local", progress=False)
-    ray_spec = spec.model_copy(update={"bulk": spec.bulk.model_copy(update={"engine": "ray"})})
-    on_ray = bulk.bulk_label(ray_spec, student, out=tmp_path / "ray", progress=False)
-    assert on_ray.counts == local.counts == {"seen": 30, "skipped": 0, "labeled": 27, "quarantined": 3}
-    assert on_ray.metrics["engine"] == "ray"
-    _same_labels(_by_hash(tmp_path / "local"), _by_hash(tmp_path / "ray"))
-    assert _quarantined(tmp_path / "ray") == _quarantined(tmp_path / "local")
-    for i in range(200, 210):  # incremental on Ray too: only the new files are labeled
-        (inbox / f"new-{i}.pdf").write_bytes(synth.case_pdf(synth.make_case(i), i))
-    again = bulk.bulk_label(ray_spec, student, out=tmp_path / "ray", progress=False)
-    assert again.counts == {"seen": 40, "skipped": 30, "labeled": 10, "quarantined": 0}
-    assert len(_labeled(tmp_path / "ray")) == len(set(_labeled(tmp_path / "ray"))) == 37

@@ -226,7 +226,7 @@ def test_a_student_below_the_gate_keeps_the_promoted_students_bulk_labels(fourth
 
 
 def test_the_bulk_flow_labels_the_new_pdfs_of_an_inbox(inbox_runs, first_run):
-    assert inbox_runs["first"]["counts"] == {"seen": 3, "skipped": 0, "labeled": 3, "quarantined": 0}
+    assert inbox_runs["first"]["counts"] == {"seen": 3, "skipped": 0, "labeled": 3, "quarantined": 0, "duplicates": 0}
     assert inbox_runs["bulk_rows"] == _valid(first_run) + 3
 
 
