@@ -1,6 +1,6 @@
-"""`python -m bench.rft`: does RL on the seeds beat plain SFT on the same seeds? Base, SFT on the
-seeds (time-matched), SFT then GRPO (optionally rerun with other sampling seeds) and a random-reward
-GRPO control, all scored on fresh documents -> data/bench/rft.json.
+"""`python -m bench.rft`: does RL on the seeds beat plain SFT on the same seeds? Base, the TF-IDF
+baseline, SFT on the seeds (time-matched), SFT then GRPO (optionally rerun with other sampling seeds)
+and a random-reward GRPO control, all scored on fresh documents -> data/bench/rft.json.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
     """Does RL on the seeds beat plain SFT on the same seeds? Four arms, one run, fresh documents.
 
     - base: the base model;
+    - baseline: TF-IDF + logistic regression fitted on the same seed train split (the bar to clear);
     - sft_seeds: TRL SFT on the seed train split for as long (wall time) as sft_then_rft trains;
     - sft_then_rft: the teacher recipe: SFT warm start, then GRPO with the spec's grader, the
       checkpoint kept on the validation split (also reported as `rft`);
@@ -32,6 +33,7 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
 
     import torch
 
+    from distillery import baseline
     from distillery.evaluate import grade_items, paired_difference, seed_items, summarize
     from distillery.inference import TransformersBackend
     from distillery.models import load_tokenizer
@@ -64,6 +66,10 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
         return {"mean_reward": summary["mean_reward"], "top1": summary["top1"]}
 
     result: dict = {"base": evaluate(base, "base")}
+    answers, _ = baseline.fit(spec, train).answer([it["text"] for it in items])
+    rows = grade_items(spec, items, answers)
+    scores["baseline"] = rows["score"].fillna(0).tolist()
+    result["baseline"] = {k: summarize(rows)[k] for k in ("mean_reward", "top1")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sft_items, grpo_items = split_for_grpo(train, cfg.grpo.heldout_from_sft)
@@ -119,12 +125,16 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
              "rft_minus_warm_start": rl["mean_reward"] - result["warm_start"]["mean_reward"],
              "random_minus_warm_start": arms["random_reward"]["mean_reward"] - result["warm_start"]["mean_reward"],
              "random_minus_sft_seeds": arms["random_reward"]["mean_reward"] - result["sft_seeds"]["mean_reward"],
-             "rft_minus_base": rl["mean_reward"] - result["base"]["mean_reward"]}
+             "rft_minus_base": rl["mean_reward"] - result["base"]["mean_reward"],
+             "rft_minus_baseline": rl["mean_reward"] - result["baseline"]["mean_reward"],
+             "sft_seeds_minus_baseline": result["sft_seeds"]["mean_reward"] - result["baseline"]["mean_reward"]}
     pairs = {"rft_minus_sft_seeds": ("sft_then_rft", "sft_seeds"),
              "rft_minus_warm_start": ("sft_then_rft", "warm_start"),
              "random_minus_warm_start": ("random_reward", "warm_start"),
              "rft_minus_random": ("sft_then_rft", "random_reward"),
-             "rft_minus_base": ("sft_then_rft", "base")}
+             "rft_minus_base": ("sft_then_rft", "base"),
+             "rft_minus_baseline": ("sft_then_rft", "baseline"),
+             "sft_seeds_minus_baseline": ("sft_seeds", "baseline")}
     paired = {name: paired_difference(scores[a], scores[b]) for name, (a, b) in pairs.items()}
     if reruns:
         draws = {spec.seed: rl, **reruns}
@@ -140,6 +150,7 @@ def rft(spec_path: str, profile: str = "demo", docs: int = 300, grpo_steps: int 
         "rft>=sft_seeds": gains["rft_minus_sft_seeds"] >= 0,
         "rft>random_reward": paired["rft_minus_random"]["diff"] > 0,
         "rft-sft_seeds>|random-warm_start|": gains["rft_minus_sft_seeds"] > abs(gains["random_minus_warm_start"]),
+        "rft>=baseline": gains["rft_minus_baseline"] >= 0,
     }
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.machine()})"
     return {**result, "seconds_per_step": rl["grpo_seconds"] / max(rl["grpo_steps"], 1), "steps": rl["grpo_steps"],

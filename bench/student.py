@@ -1,6 +1,6 @@
-"""`python -m bench.student`: base, teacher and student on the same fresh documents: top-1 against
-the truth and docs/s (with --layers, also a shallow student trained on the teacher's labels)
--> data/bench/student.json.
+"""`python -m bench.student`: base, the TF-IDF baseline, teacher and student on the same fresh
+documents: top-1 against the truth and docs/s (with --layers, also a shallow student trained on the
+teacher's labels) -> data/bench/student.json.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from distillery import lake
 
 def student(spec_path: str, profile: str = "demo", limit: int = 300, layers: int | None = None,
             label_docs: int = 1000, epochs: float = 4.0, learning_rate: float = 1e-3) -> dict:
-    """Base, teacher and student on the same fresh documents: top-1 against the truth and docs/s.
+    """Base, baseline, teacher and student on the same fresh documents: top-1 against the truth and docs/s.
+
+    The baseline is TF-IDF + logistic regression fitted on the seed train split the teacher trained on.
 
     The documents are new case reports from the demo generator (numbered past any demo corpus), so
     no model saw them: not the teacher's seeds, not the student's machine labels.
@@ -47,6 +49,7 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300, layers: int
         shallow, result["shallow_student_training"] = _train_shallow_student(
             spec, teacher, base, Path(scratch.name), layers, label_docs, epochs, learning_rate)
         arms["shallow_student"] = (shallow, spec.student.batch_size, True)
+    result["baseline"] = _baseline_arm(spec, items)
     for name, (path, batch, is_student) in arms.items():
         backend = TransformersBackend(path, batch_size=batch)
         score_answers(spec, backend, texts[:batch], student=is_student)  # warm-up
@@ -70,6 +73,21 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300, layers: int
             "scoring": {role: "first token of each label" if first_token_scoring(spec, backend.tokenizer, student=role == "student")
                         else "every label's full token sequence" for role in ("teacher", "student")},
             **common.machine(torch_threads=True)}
+
+
+def _baseline_arm(spec, items: list[dict]) -> dict:
+    """TF-IDF + logistic regression fitted on the seed train split, scored on `items`."""
+    from distillery import baseline
+    from distillery.evaluate import grade_items, seed_items, summarize
+
+    train = seed_items(spec, common.stage_outputs(spec, "seed")["seed_labels"],
+                       common.stage_outputs(spec, "ingest")["documents"], "train")
+    started = time.perf_counter()
+    answers, _ = baseline.fit(spec, train).answer([it["text"] for it in items])
+    seconds = time.perf_counter() - started  # fitting included: it takes well under a second
+    summary = summarize(grade_items(spec, items, answers))
+    return {"top1": summary["top1"], "mean_reward": summary["mean_reward"], "docs_per_s": len(items) / seconds,
+            "model": "tfidf+logreg", "trained_on": len(train)}
 
 
 def _train_shallow_student(spec, teacher: str, base: str, work: Path, layers: int, label_docs: int,

@@ -119,3 +119,26 @@ def calibration(confidence: Iterable[float], correct: Iterable[Any], bins: int =
         top = ranked[: max(1, math.ceil(share * n - 1e-9))]
         coverage[str(share)] = sum(hit[i] for i in top) / len(top)
     return {"n": n, "ece": ece, "acc_at_coverage": coverage, "bins": table}
+
+
+def kept_checkpoint(history: list[dict], grpo_steps: int) -> dict:
+    """Which checkpoint the teacher kept and why, from its validation history (step 0: the SFT warm
+    start, evaluated first). The first strict maximum wins, as the run's selection keeps it, so GRPO
+    must beat the warm start to replace it."""
+    if grpo_steps <= 0 or not history:
+        return {"step": 0, "kind": "sft", "validation_reward": None, "sft_validation_reward": None,
+                "evaluations": 0, "why": "GRPO is off (teacher.grpo.steps = 0): the SFT checkpoint is the teacher"}
+    kept = max(history, key=lambda h: h["mean_reward"])  # max keeps the first of equal rewards
+    sft = history[0]
+    n = sft.get("n", 0)
+    if kept["step"] == sft["step"]:
+        grpo = max(history[1:], key=lambda h: h["mean_reward"], default=None)
+        tried = f"best GRPO {grpo['mean_reward']:.3f} at step {grpo['step']}" if grpo else "no GRPO evaluation"
+        why = (f"GRPO did not beat the SFT warm start on validation ({tried} vs {sft['mean_reward']:.3f} at step 0, "
+               f"{n} items): kept the SFT checkpoint")
+    else:
+        why = (f"GRPO beat the SFT warm start on validation ({kept['mean_reward']:.3f} at step {kept['step']} vs "
+               f"{sft['mean_reward']:.3f} at step 0, {n} items): kept the GRPO checkpoint of step {kept['step']}")
+    return {"step": int(kept["step"]), "kind": "sft" if kept["step"] == sft["step"] else "grpo",
+            "validation_reward": float(kept["mean_reward"]), "sft_validation_reward": float(sft["mean_reward"]),
+            "evaluations": len(history), "why": why}

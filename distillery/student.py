@@ -6,7 +6,8 @@ the base). The student answers directly (no reasoning): it scores the label set 
 `Answer:` prefill (`answer.score_answers`) and can emit nothing else. It is measured on the expert
 held-out seeds and on a slice of the teacher's labels kept out of its training (agreement), and
 promoted only when it keeps `student.gate` x the teacher's held-out top-1: bulk labeling uses the
-latest promoted student.
+latest promoted student. The TF-IDF baseline (`baseline.py`, fitted on the seed train split) is
+scored on the same held-out items, and a student below it gets a warning in the metrics.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Mapping
 
-from distillery import lake
+import pandas as pd
+
+from distillery import baseline, lake
 from distillery.answer import answer_examples, score_answers
 from distillery.errors import StageInputMissing
 from distillery.evaluate import grade_items, seed_items, stable_slice, summarize
@@ -106,6 +109,7 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
     docs_per_s = len(heldout) / (time.perf_counter() - scored) if heldout else None
     rows = grade_items(spec, heldout, answers, [{"probs": json.dumps(p), "confidence": max(p)} for p in probs])
     summary = summarize(rows)
+    baseline_rows, baseline_metrics = baseline.evaluate(spec, seed_items(spec, seeds, documents, "train"), heldout)
     agreement = None
     if agreement_items:
         agreed, _ = score_answers(spec, backend, [it["text"] for it in agreement_items], student=True)
@@ -113,8 +117,12 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
     metrics = {**summary, "train": train, "trained_on": len(train_items), "filtered_out": int(len(labels) - len(items)),
                "teacher_agreement": agreement, "agreement_items": len(agreement_items), "docs_per_s": docs_per_s,
                "layers": backend.model.config.num_hidden_layers,
-               "promotion": promotion(spec, summary["top1"], teacher_top1)}
-    rows["task"], rows["run_id"], rows["stage"], rows["model"] = spec.name, run_id, "student", "student"
+               "promotion": promotion(spec, summary["top1"], teacher_top1), "baseline": baseline_metrics,
+               "warnings": baseline.below_baseline("student", summary, baseline_metrics, baseline.student_tips(spec))}
+    rows = rows.assign(model="student")
+    if len(baseline_rows):
+        rows = pd.concat([rows, baseline_rows], ignore_index=True)
+    rows["task"], rows["run_id"], rows["stage"] = spec.name, run_id, "student"
     outputs = {"student_eval": str(lake.write_parquet(rows, out / "student_eval.parquet")), "model": str(out / "model")}
     counts = {"trained_on": len(train_items), "heldout": len(heldout)}
     return lake.StageResult("student", run_id, outputs, counts, metrics, time.perf_counter() - started)

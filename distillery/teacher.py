@@ -6,7 +6,9 @@ push the policy towards higher-scoring answers. We use TRL's GRPOTrainer (group-
 advantages instead of PPO's value model). Departures, measured on a 2-core CPU: GRPO from the
 base model learns only the answer format in a CPU budget, so we first run a light SFT on the
 seed train split; and checkpoints are chosen on a validation split carved from the seeds, never
-on the held-out split that is reported.
+on the held-out split that is reported; GRPO replaces the SFT checkpoint only when it beats it on
+validation (`kept` in the metrics says which was kept and why). The held-out evaluation scores the
+TF-IDF baseline (`baseline.py`) beside base and teacher, and warns when the teacher is below it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import ClassVar, Mapping
 
 import pandas as pd
 
-from distillery import lake
+from distillery import baseline, lake
 from distillery.answer import answer_examples, evaluate_labeling
-from distillery.evaluate import seed_items, stable_slice
+from distillery.evaluate import kept_checkpoint, seed_items, stable_slice
 from distillery.graders import build_grader, component_names
 from distillery.inference import TransformersBackend, vllm_available
 from distillery.models import device, load_model, load_tokenizer
@@ -190,7 +192,10 @@ def split_for_grpo(train: list[dict], share: float) -> tuple[list[dict], list[di
 
 
 def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, run_id: str | None = None) -> lake.StageResult:
-    """SFT warm start, then GRPO; evaluates base and teacher on the held-out seeds."""
+    """SFT warm start, then GRPO; evaluates base, the TF-IDF baseline and teacher on the held-out seeds.
+
+    Metrics also say which checkpoint was kept and why (`kept`), and warn when the teacher is below
+    the baseline (`warnings`)."""
     started = time.perf_counter()
     run_id = run_id or lake.new_run_id("teacher")
     base = str(spec.path(spec.models.base)) if spec.path(spec.models.base).exists() else spec.models.base
@@ -201,20 +206,26 @@ def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, ru
     evals, metrics = [], {}
     base_rows, metrics["base"] = evaluate_labeling(spec, TransformersBackend(base), heldout)
     evals.append(base_rows.assign(model="base"))
+    baseline_rows, metrics["baseline"] = baseline.evaluate(spec, train, heldout)  # train seeds only
+    if len(baseline_rows):
+        evals.append(baseline_rows)
 
     start = out / "start"
     sft_items, grpo_items = split_for_grpo(train, spec.teacher.grpo.heldout_from_sft)
     metrics["sft"] = train_sft(base, answer_examples(spec, sft_items, load_tokenizer(base)), spec.teacher.sft, start,
                                seed=spec.seed)
     if spec.teacher.grpo.steps > 0:
-        steps, _ = run_grpo(spec, start, grpo_items, val, out)
+        steps, history = run_grpo(spec, start, grpo_items, val, out)
         shutil.rmtree(start)
     else:
-        steps = pd.DataFrame(columns=["step", "split"])
+        steps, history = pd.DataFrame(columns=["step", "split"]), []
         shutil.rmtree(out / "best", ignore_errors=True)
         start.rename(out / "best")
     teacher_rows, metrics["teacher"] = evaluate_labeling(spec, TransformersBackend(str(out / "best")), heldout)
     evals.append(teacher_rows.assign(model="teacher"))
+    metrics["kept"] = kept_checkpoint(history, spec.teacher.grpo.steps)
+    metrics["warnings"] = baseline.below_baseline("teacher", metrics["teacher"], metrics["baseline"],
+                                                  baseline.teacher_tips(spec))
     rows = pd.concat(evals, ignore_index=True)
     rows["task"], rows["run_id"], rows["stage"] = spec.name, run_id, "teacher"
     steps["task"], steps["run_id"], steps["stage"] = spec.name, run_id, "teacher"

@@ -49,11 +49,11 @@ INGEST = Stage("ingest", ingest, 1, ("source", "ingest"), ("documents", "quarant
                lambda spec: {"pdfs": sources.source_hash(spec.path(spec.source))})
 SEED = Stage("seed", seed, 1, ("seeds", "output"), ("seed_labels",),
              lambda spec: {"seed_file": lake.hash_files([spec.path(spec.seeds.path)])})
-TEACHER = Stage("teacher", teacher, 3, ("output", "prompts", "grader", "models", "teacher", "seed"),
+TEACHER = Stage("teacher", teacher, 4, ("output", "prompts", "grader", "models", "teacher", "seed"),
                 ("teacher_eval", "teacher_metrics"),
                 lambda spec: {"base_model": lake.hash_model(spec.path(spec.models.base))})
 LABEL = Stage("label", label, 3, ("output", "prompts", "label", "teacher"), ("machine_labels", "label_eval"))
-STUDENT = Stage("student", student, 2, ("output", "prompts", "models", "student", "seed"), ("student_eval",),
+STUDENT = Stage("student", student, 3, ("output", "prompts", "models", "student", "seed"), ("student_eval",),
                 lambda spec: {"student_model": lake.hash_model(spec.path(spec.models.student))})
 STAGES = {s.name: s for s in (INGEST, SEED, TEACHER, LABEL, STUDENT)}
 BULK_VERSION, BULK_SECTIONS = 3, ("bulk", "ingest", "prompts", "output")
@@ -115,7 +115,7 @@ def stage_task(stage: str, spec: TaskSpec, layout: Layout, upstream: dict[str, S
     out = layout.stage_dir(spec.name, stage, key)
     if lake.is_done(out):
         log.info("%s: output %s already complete", stage, out)
-        return lake.read_done(out)
+        return warn(lake.read_done(out))
     started = lake.now()
     hooks = {"on_progress": progress_artifact(spec, stage)} if stage == "label" else {}
     result = replace(record.module.run(spec, record.module.Inputs.of(upstream), out, **hooks), key=key)
@@ -131,6 +131,13 @@ def stage_task(stage: str, spec: TaskSpec, layout: Layout, upstream: dict[str, S
     lake.mark_done(out, result)
     log.info("%s", result)
     publish(spec, result)
+    return warn(result)
+
+
+def warn(result: StageResult) -> StageResult:
+    """Log each warning the stage measured (a model below the TF-IDF baseline, with what to try)."""
+    for message in result.metrics.get("warnings", []):
+        get_run_logger().warning("%s: %s", result.stage, message)
     return result
 
 

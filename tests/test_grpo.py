@@ -306,7 +306,10 @@ def test_demo_prompts_are_clinical_prompts_of_about_170_tokens(tokenizer):
 def test_grpo_keeps_the_top_k_checkpoints_on_validation_and_writes_metrics(tiny_path, tmp_path, clinical_spec):
     import shutil
 
+    from safetensors.torch import load_file
+
     from distillery import synth
+    from distillery.evaluate import kept_checkpoint
     from distillery.teacher import run_grpo
 
     grpo_cfg = {"steps": 3, "num_generations": 2, "max_completion_length": 4, "eval_interval": 1, "patience": 10,
@@ -322,6 +325,13 @@ def test_grpo_keeps_the_top_k_checkpoints_on_validation_and_writes_metrics(tiny_
     kept = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").iterdir())
     assert kept == sorted(h["step"] for h in ranked[:2])
     assert (tmp_path / "best" / "model.safetensors").exists()
+    # the stage says which checkpoint it kept: the first best on validation, the one in best/
+    said = kept_checkpoint(history, spec.teacher.grpo.steps)
+    assert said["step"] == ranked[0]["step"] and said["validation_reward"] == ranked[0]["mean_reward"]
+    assert said["kind"] == ("sft" if said["step"] == 0 else "grpo") and said["why"]
+    best = load_file(tmp_path / "best" / "model.safetensors")
+    chosen = load_file(tmp_path / "checkpoints" / f"step-{said['step']}" / "model.safetensors")
+    assert all(torch.equal(best[name], chosen[name]) for name in best)
     train = steps[steps["split"] == "train"]
     assert len(train) == 3 and {"reward", "frac_reward_zero_std", "step_time"} <= set(train.columns)
 

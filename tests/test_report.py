@@ -135,6 +135,33 @@ def test_every_section_is_present_with_plots_inlined(clinical_spec, run_results,
     assert "kteacher" in _section(page, "lineage") and "klabel" in _section(page, "lineage")
 
 
+def test_the_baseline_sits_beside_the_models_and_its_warning_tops_the_report(clinical_spec, run_results, tmp_path):
+    results = run_results(clinical_spec)
+    labels = list(clinical_spec.output.labels)
+    bow = _eval_rows(labels, "baseline", [True] * 9 + [False], [0.8] * 10, probs=True)
+    for stage, name in (("teacher", "teacher_eval"), ("student", "student_eval")):
+        path = results[stage].outputs[name]
+        lake.write_parquet(pd.concat([pd.read_parquet(path), bow], ignore_index=True), path)
+    warning = "teacher top-1 0.70 is below the TF-IDF baseline 0.90 on the same 10 held-out seeds: try more"
+    why = "GRPO beat the SFT warm start on validation (0.700 at step 2 vs 0.500 at step 0, 10 items)"
+    metrics = {**results["teacher"].metrics, "baseline": {"top1": 0.9}, "warnings": [warning],
+               "kept": {"step": 2, "kind": "grpo", "why": why}}
+    results["teacher"] = dataclasses.replace(results["teacher"], metrics=metrics)
+    page = write_report(clinical_spec, results, tmp_path / "rep").read_text()
+    summary = _section(page, "summary")
+    assert summary.index(html.escape(warning)) < summary.index("<table"), "the warning comes first"
+    assert "baseline: top-1 90.0% on 10 held-out items" in summary
+    accuracy = _section(page, "accuracy")
+    assert "<td>baseline</td>" in accuracy and "0.900" in accuracy
+    assert "student&#x27;s items" not in accuracy, "the same items: one baseline row"
+    assert "baseline recall" in _section(page, "confusion")
+    cal = _section(page, "calibration")
+    student_ece = calibration([0.95, 0.9, 0.85, 0.7, 0.65, 0.6, 0.55, 0.4, 0.3, 0.2],
+                              [True, True, False, True, False, True, True, True, False, True][::-1])["ece"]
+    assert re.search(rf"<td>student</td><td>10</td><td>{student_ece:.3f}</td>", cal), "the student's own rows only"
+    assert html.escape(why) in _section(page, "reward-curve")
+
+
 def test_text_is_escaped(clinical_spec, run_results, tmp_path):
     spec = _spec(clinical_spec, evil=True)
     results = run_results(spec)

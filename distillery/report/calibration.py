@@ -27,6 +27,8 @@ def _calibration_sets(spec: TaskSpec, run: Run) -> list[tuple[str, list[float], 
             out.append(("teacher (held-out eval)", list(t["confidence"]), list(t["top1"]),
                         "the teacher stage's own held-out evaluation, answering as the labeling stage does"))
     se = run.table("student", "student_eval")
+    if se is not None and "model" in se:
+        se = se[se["model"] == "student"]  # the baseline's rows beside it are another model
     if se is not None and len(se) and "probs" in se:
         conf = [max(json.loads(p)) if isinstance(p, str) and p.startswith("[") else 0.0 for p in se["probs"]]
         out.append(("student", conf, list(se["top1"]),

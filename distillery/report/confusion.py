@@ -83,6 +83,8 @@ def section_confusion(spec: TaskSpec, run: Run) -> Raw:
         return _field_accuracy(spec, run)
     sets = [(m, r) for m, r in eval_sets(run) if m in ("teacher", "student")]
     labels = list(spec.output.labels)
+    if sets:  # the bar they are read against: the TF-IDF baseline's panel first
+        sets = [(m, r) for m, r in eval_sets(run) if m == "baseline"] + sets
     if not sets:
         return not_run("teacher and student evaluations")
     panels = [(m, *_confusion_counts(r, labels)) for m, r in sets]

@@ -69,11 +69,14 @@ class Run:
 
 
 def eval_sets(run: Run) -> list[tuple[str, Any]]:
-    """(model, per-item rows) of every evaluation on the held-out split, in pipeline order."""
+    """(model, per-item rows) of every evaluation on the held-out split, in pipeline order.
+
+    The TF-IDF baseline is the teacher stage's; the student stage's baseline rows show too when they
+    cover other items (the teacher's evaluation is capped), as `baseline (student's items)`."""
     out = []
     te = run.table("teacher", "teacher_eval")
     if te is not None and "model" in te:
-        for model in ("base", "teacher"):
+        for model in ("base", "baseline", "teacher"):
             rows = te[te["model"] == model]
             if len(rows):
                 out.append((model, rows))
@@ -82,7 +85,12 @@ def eval_sets(run: Run) -> list[tuple[str, Any]]:
         out.append(("teacher labels (label path)", le))
     se = run.table("student", "student_eval")
     if se is not None and len(se):
-        out.append(("student", se))
+        models = se["model"] if "model" in se else None  # runs before the baseline wrote student rows only
+        out.append(("student", se if models is None else se[models == "student"]))
+        theirs = se[models == "baseline"] if models is not None else se.iloc[:0]
+        ours = dict(out).get("baseline")
+        if len(theirs) and (ours is None or set(theirs["sha256"]) != set(ours["sha256"])):
+            out.append(("baseline (student's items)", theirs))
     return out
 
 

@@ -66,4 +66,7 @@ def section_reward_curve(spec: TaskSpec, run: Run) -> Raw:
         parts.append(table(["step", "validation mean reward", "validation top-1", "items"], rows))
         parts.append(note(f"The teacher is the checkpoint of step {int(best['step'])} "
                           f"(validation reward {best['mean_reward']:.3f}); step 0 is the SFT warm start."))
+    kept = run.get("teacher").metrics.get("kept") or {}
+    if kept.get("why"):
+        parts.append(note(f"Kept: {kept['why']}."))
     return Raw("".join(parts))

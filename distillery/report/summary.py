@@ -42,9 +42,15 @@ def section_summary(spec: TaskSpec, run: Run, *, name: str, profile: str | None,
         where = ("bulk labels come from an earlier promoted student" if run.get("bulk") else
                  "nothing was bulk-labeled: `make inbox STUDENT=latest` labels with this student anyway")
         body.insert(0, note(f"Student not promoted: {gate.get('reason', 'below the gate')}. The {where}."))
+    for stage in ("student", "teacher"):  # the teacher's first, on top
+        warnings = run.get(stage).metrics.get("warnings", []) if run.get(stage) else []
+        body[:0] = [note(f"Warning: {w}.") for w in warnings]
     evals = {m: r for m, r in eval_sets(run)}
     headline = [f"{m}: top-1 {r['top1'].mean():.1%} on {len(r)} held-out items"
-                for m, r in evals.items() if m in ("base", "teacher", "student")]
+                for m, r in evals.items() if m in ("base", "baseline", "teacher", "student")]
     if headline:
         body.append(note("; ".join(headline) + "."))
+    skipped = (run.get("teacher").metrics.get("baseline") or {}).get("skipped") if run.get("teacher") else None
+    if skipped:
+        body.append(note(f"No TF-IDF baseline: {skipped}."))
     return Raw("".join(body))

@@ -1,0 +1,118 @@
+"""The bar every model must clear: TF-IDF + logistic regression trained on the train seeds alone.
+
+A user with 80 labels first asks whether an LLM beats a plain classifier on those labels, so every
+evaluation scores this one beside base, teacher and student: word 1-2 grams with sublinear term
+frequency, logistic regression with C=10 (what the measured issue used), fitted on the seed train
+split only (never validation or held-out rows) and reading exactly the characters the models read
+(`prompts.document_text`). It answers like a model, a ranked top-k list and a probability row over
+the label set, so `evaluate.grade_items` grades it like the others. Classification only: an
+extraction task has no label set to rank, and its metrics say the baseline was skipped.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from distillery.evaluate import grade_items, summarize
+from distillery.prompts import Answer, document_text
+from distillery.spec import ClassificationOutput, TaskSpec
+
+NAME = "baseline"
+MARGIN = 1e-9  # a model tied with the baseline is not below it
+
+
+def skipped(spec: TaskSpec, train: list[dict]) -> str | None:
+    """Why the baseline cannot run for this task (None when it can)."""
+    if not isinstance(spec.output, ClassificationOutput):
+        return "extraction task: the TF-IDF baseline ranks a label set, so it scores classification only"
+    if not train:
+        return "no train seeds to fit it on"
+    return None
+
+
+class Baseline:
+    """A fitted TF-IDF + logistic regression over the spec's label set."""
+
+    def __init__(self, spec: TaskSpec, train: list[dict]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+
+        self.spec, self.labels = spec, list(spec.output.labels)
+        texts = [document_text(it["text"], spec) for it in train]
+        answers = [it["answer"] for it in train]
+        self.only = answers[0] if len(set(answers)) == 1 else None  # one class: logistic regression cannot fit
+        self.model = None
+        if self.only is None:
+            self.model = Pipeline([("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+                                   ("lr", LogisticRegression(C=10, max_iter=2000))])
+            self.model.fit(texts, answers)
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """P(label | document window), one row per text, columns in the spec's label order (0 for a
+        label no train seed had)."""
+        probs = np.zeros((len(texts), len(self.labels)))
+        if not texts:
+            return probs
+        if self.model is None:
+            probs[:, self.labels.index(self.only)] = 1.0
+            return probs
+        seen = self.model.predict_proba([document_text(t, self.spec) for t in texts])
+        for j, label in enumerate(self.model.classes_):
+            probs[:, self.labels.index(label)] = seen[:, j]
+        return probs
+
+    def answer(self, texts: list[str]) -> tuple[list[Answer], list[list[float]]]:
+        """A ranked top-k answer and a probability row per text (ties keep the label order)."""
+        probs = self.probabilities(texts)
+        top_k = self.spec.output.top_k
+        answers = [Answer("ok", ranked=[self.labels[i] for i in np.argsort(-row, kind="stable")[:top_k]])
+                   for row in probs]
+        return answers, probs.tolist()
+
+
+def fit(spec: TaskSpec, train: list[dict]) -> Baseline:
+    """The baseline fitted on `train` (seed items with `text` and `answer`): the train split only."""
+    return Baseline(spec, train)
+
+
+def evaluate(spec: TaskSpec, train: list[dict], items: list[dict]) -> tuple[pd.DataFrame, dict]:
+    """Graded rows (model="baseline", with probs and confidence) and metrics of the baseline fitted on
+    `train` and scored on `items`; for a task it cannot score, no rows and metrics saying why."""
+    why = skipped(spec, train)
+    if why:
+        return pd.DataFrame(), {"skipped": why}
+    answers, probs = fit(spec, train).answer([it["text"] for it in items])
+    rows = grade_items(spec, items, answers, [{"probs": json.dumps(p), "confidence": max(p)} for p in probs])
+    return rows.assign(model=NAME), {**summarize(rows), "trained_on": len(train)}
+
+
+def teacher_tips(spec: TaskSpec) -> list[str]:
+    """What to try when the teacher does not clear the baseline, with the spec's current values."""
+    tips = [f"read more of each document (prompts.max_doc_chars, now {spec.prompts.max_doc_chars})"]
+    if isinstance(spec.output, ClassificationOutput) and not spec.output.label_descriptions:
+        tips.append("describe each label in the spec (output.labels as {name, description})")
+    tips += [f"train longer on the seeds (teacher.sft.epochs, now {spec.teacher.sft.epochs:g})",
+             f"start from a larger base model (models.base, now {spec.models.base})"]
+    return tips
+
+
+def student_tips(spec: TaskSpec) -> list[str]:
+    """What to try when the student does not clear the baseline, with the spec's current values."""
+    layers = spec.student.layers or "all"
+    return ["get a teacher above the baseline first (the student learns from the teacher's labels)",
+            f"label more documents for it (label.limit, now {spec.label.limit})",
+            f"keep more of the model's layers (student.layers, now {layers})",
+            f"train longer (student.sft.epochs, now {spec.student.sft.epochs:g})",
+            f"read more of each document (prompts.max_doc_chars, now {spec.prompts.max_doc_chars})"]
+
+
+def below_baseline(model: str, metrics: dict, baseline: dict, tips: list[str]) -> list[str]:
+    """A warning when `model`'s held-out top-1 is below the baseline's on the same items, else none."""
+    if "top1" not in baseline or not metrics.get("n") or metrics["top1"] >= baseline["top1"] - MARGIN:
+        return []
+    return [f"{model} top-1 {metrics['top1']:.2f} is below the TF-IDF baseline {baseline['top1']:.2f} on the same "
+            f"{metrics['n']} held-out seeds: try to " + "; ".join(tips)]
