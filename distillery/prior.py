@@ -7,6 +7,12 @@ outputs of a classifier to new a priori probabilities") estimate the corpus's mi
 model's posteriors on the unlabeled documents: starting from the training mix, reweight every
 posterior by prior / training prior, renormalize, and take the mean posterior as the new prior,
 until it stops moving. The reweighted posteriors are the corrected ones.
+EM trusts the posteriors, so they are calibrated first (Alexandari et al. 2020, "Maximum likelihood
+with bias-corrected calibration is hard-to-beat at label shift adaptation"): one temperature fitted
+on labeled items the model was not trained on. Measured with TF-IDF + logistic regression on the
+texlive_dev seeds (near-flat posteriors), EM without it put 81% on one class (true share 33%) and
+the corrected labels lost 0.25 top-1; with a temperature fitted on the 8 validation seeds the estimate
+came closer to the true mix than the seeds' (L1 0.43 against 0.65) and top-1 stayed level.
 
 `class_mix_accuracy` answers what the held-out accuracy would be under another class mix (the
 corpus's, estimated): the mix-weighted mean of the per-class recalls.
@@ -39,6 +45,25 @@ def _normalized(probs) -> np.ndarray:
     return np.divide(p, total, out=np.full_like(p, 1.0 / p.shape[1]), where=total > 0)
 
 
+def temperature(probs, t: float) -> np.ndarray:
+    """Posteriors at temperature t: p ** (1 / t), renormalized (t > 1 flattens, t < 1 sharpens)."""
+    logp = np.log(np.clip(_normalized(probs), 1e-12, None)) / t
+    e = np.exp(logp - logp.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs, gold: Sequence[int], grid: int = 200) -> float:
+    """The temperature (0.02 to 50, log-spaced grid) that minimizes the negative log-likelihood of
+    the gold classes; 1.0 without items."""
+    if not len(gold):
+        return 1.0
+    gold = np.asarray(gold)
+    rows = np.arange(len(gold))
+    ts = np.exp(np.linspace(np.log(0.02), np.log(50.0), grid))
+    nll = [-np.log(temperature(probs, t)[rows, gold] + 1e-12).mean() for t in ts]
+    return float(ts[int(np.argmin(nll))])
+
+
 def correct(probs, prior, train_prior) -> np.ndarray:
     """Posteriors under a new class prior: p'(c|x) ∝ p(c|x) * prior(c) / train_prior(c)."""
     weight = np.asarray(prior, dtype=float) / np.asarray(train_prior, dtype=float)
@@ -63,15 +88,16 @@ def estimate_prior(probs, train_prior, *, tol: float = 1e-7, max_iter: int = 100
     return {"prior": prior, "iterations": max_iter, "converged": False}
 
 
-def rerank_rows(rows: list[dict], labels: Sequence[str], top_k: int, prior, train_prior) -> list[dict]:
-    """Label rows (with a `probs` JSON row) re-ranked under the corrected posteriors: answer, raw
-    output, confidence and probs follow the new prior. Rows without probabilities are kept as they are."""
+def rerank_rows(rows: list[dict], labels: Sequence[str], top_k: int, prior, train_prior,
+                t: float = 1.0) -> list[dict]:
+    """Label rows (with a `probs` JSON row) re-ranked under the posteriors at temperature `t`, corrected
+    to `prior`: answer, raw output, confidence and probs follow. Rows without probabilities are kept."""
     out = []
     for row in rows:
         if not row.get("probs"):
             out.append(row)
             continue
-        p = correct([json.loads(row["probs"])], prior, train_prior)[0]
+        p = correct(temperature([json.loads(row["probs"])], t), prior, train_prior)[0]
         ranked = [labels[i] for i in np.argsort(-p, kind="stable")[:top_k]]
         out.append({**row, "answer": json.dumps(ranked), "raw_output": format_answer(ranked),
                     "confidence": float(p.max()), "probs": json.dumps(p.tolist())})

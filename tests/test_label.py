@@ -75,10 +75,19 @@ def _labels(rows: list[dict]) -> list[tuple]:
     return [(r["sha256"], r["answer"], r["raw_output"], round(r["confidence"], 6)) for r in rows]
 
 
+def _with_validation(seeds: Path, path: Path) -> Path:
+    """The seed table with every other train row moved to validation (the temperature is fitted there)."""
+    table = lake.read_table(seeds).to_pandas()
+    train = table.index[table["split"] == "train"]
+    table.loc[train[::2], "split"] = "validation"
+    return lake.write_parquet(table, path)
+
+
 def test_prior_correction_off_keeps_the_teachers_labels_on_reranks_them_and_both_report_the_prior(
         corpus, teacher, tmp_path):
     spec, docs, seeds = corpus
     labels = list(spec.output.labels)
+    seeds = _with_validation(seeds, tmp_path / "seed_labels.parquet")
     off = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "off")
     on_spec = spec.model_copy(update={"label": spec.label.model_copy(update={"prior_correction": True})})
     on = label.machine_label(on_spec, teacher, docs, seeds, out=tmp_path / "on")
@@ -95,6 +104,7 @@ def test_prior_correction_off_keeps_the_teachers_labels_on_reranks_them_and_both
     for result in (off, on):
         p = result.metrics["prior"]
         assert p["documents"] == 40 and p["seeds"] == pytest.approx(seeds_mix)
+        assert p["calibrated_on"] == 5 and p["temperature"] != 1.0
         assert sorted(p["corpus"]) == sorted(labels) and sum(p["corpus"].values()) == pytest.approx(1.0)
         assert 0 <= result.metrics["heldout"]["top1_corpus_mix"] <= 1
         assert p["uncorrected"]["top1_seed_mix"] is not None and p["corrected"]["top1_corpus_mix"] is not None
@@ -105,7 +115,7 @@ def test_prior_correction_off_keeps_the_teachers_labels_on_reranks_them_and_both
     assert _labels(on_shards) == _labels(off_rows), "the shards keep the teacher's own answers"
     corpus_mix = on.metrics["prior"]["corpus"]
     expected = prior.rerank_rows(on_shards, labels, spec.output.top_k, [corpus_mix[c] for c in labels],
-                                 [seeds_mix[c] for c in labels])
+                                 [seeds_mix[c] for c in labels], on.metrics["prior"]["temperature"])
     assert on.path("machine_labels") == tmp_path / "on" / "machine_labels.parquet"
     assert _labels(_rows(on.path("machine_labels"))) == _labels(expected)
 

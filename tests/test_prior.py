@@ -50,6 +50,17 @@ def test_correct_under_the_training_prior_changes_nothing_and_rows_stay_distribu
     assert (shifted[:, 0] >= probs[:, 0] - 1e-12).all()
 
 
+def test_a_fitted_temperature_undoes_overconfidence_and_then_em_finds_the_true_mix():
+    probs, y = skewed_corpus()
+    overconfident = prior.temperature(probs, 0.3)
+    t = prior.fit_temperature(overconfident[:500], y[:500])
+    assert t == pytest.approx(1 / 0.3, rel=0.25)
+    assert prior.temperature(overconfident, t) == pytest.approx(probs, abs=0.05)
+    fit = prior.estimate_prior(prior.temperature(overconfident, t), [1 / 3] * 3)
+    assert fit["prior"] == pytest.approx([0.7, 0.2, 0.1], abs=0.05)
+    assert prior.fit_temperature(probs, []) == 1.0
+
+
 def test_seed_prior_counts_answers_and_gives_an_absent_label_half_a_seed():
     assert prior.seed_prior(LABELS, ["a", "a", "b", "c"]) == pytest.approx({"a": 0.5, "b": 0.25, "c": 0.25})
     mix = prior.seed_prior(LABELS, ["a", "b"])
@@ -65,6 +76,8 @@ def test_rerank_rows_follows_the_corrected_posteriors():
     p = json.loads(out[0]["probs"])
     assert out[0]["confidence"] == pytest.approx(max(p)) and sum(p) == pytest.approx(1.0)
     assert out[1] == rows[1], "a row without probabilities is kept as it is"
+    flat = prior.rerank_rows(rows[:1], LABELS, 2, [1 / 3] * 3, [1 / 3] * 3, t=1e6)
+    assert flat[0]["confidence"] == pytest.approx(1 / 3), "a very high temperature flattens the posteriors"
 
 
 def graded(per_class: dict[str, tuple[int, int]]) -> pd.DataFrame:
