@@ -109,8 +109,9 @@ def _prior_table(spec: TaskSpec, run: Run) -> list[Raw]:
     applied = "re-ranked under the corpus's prior" if prior.get("applied") else \
         "the teacher's own (label.prior_correction: false)"
     return [table(["class mix", *labels, "held-out top-1 under it"], rows),
-            note(f"Machine labels: {applied}. The corpus estimate trusts the teacher's probabilities: a teacher "
-                 "that answers one class for everything makes that class look like the whole corpus.")]
+            note(f"Machine labels: {applied}. The corpus estimate is only as good as the teacher's probabilities "
+                 "(calibrated by one temperature on the validation seeds): a teacher that answers one class for "
+                 "everything makes that class look like the whole corpus, and the corpus-mix top-1 follows it.")]
 
 
 def section_calibration(spec: TaskSpec, run: Run) -> Raw:
