@@ -26,8 +26,8 @@ from distillery.spec import ClassificationOutput, ExtractionOutput, TaskSpec
 LABEL_SCHEMA = pa.schema([
     ("sha256", pa.string()), ("raw_output", pa.string()), ("reasoning", pa.string()), ("answer", pa.string()),
     ("parse_status", pa.string()), ("parse_error", pa.string()), ("confidence", pa.float64()),
-    ("model", pa.string()), ("prompt_hash", pa.string()), ("task", pa.string()), ("run_id", pa.string()),
-    ("stage", pa.string()),
+    ("probs", pa.string()), ("model", pa.string()), ("prompt_hash", pa.string()), ("task", pa.string()),
+    ("run_id", pa.string()), ("stage", pa.string()),
 ])
 
 
@@ -101,26 +101,34 @@ def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_
         value = a.ranked if isinstance(spec.output, ClassificationOutput) else a.value
         rows.append({"sha256": doc["sha256"], "raw_output": g[0].text, "reasoning": a.reasoning,
                      "answer": json.dumps(value) if a.ok else None, "parse_status": a.status, "parse_error": a.error,
-                     "confidence": g[0].confidence if a.ok else 0.0, "model": model_id, "prompt_hash": phash,
-                     "task": spec.name, "run_id": run_id, "stage": "label"})
+                     "confidence": g[0].confidence if a.ok else 0.0, "probs": None, "model": model_id,
+                     "prompt_hash": phash, "task": spec.name, "run_id": run_id, "stage": "label"})
     return rows
 
 
 def _scored_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
     """The teacher's answer under the schema: the label set ordered by P(label | prompt, `Answer:`),
-    or the JSON object decoded under the schema."""
+    with that probability row kept (`probs`, JSON; the class prior is estimated from it), or the JSON
+    object decoded under the schema."""
     answers, probs = score_answers(spec, backend, [d["text"] for d in docs])
     phash = prompt_hash(spec, False)
     values = [a.ranked if a.value is None else a.value for a in answers]
+    classify = isinstance(spec.output, ClassificationOutput)
     return [{"sha256": d["sha256"], "raw_output": format_answer(v), "reasoning": "", "answer": json.dumps(v),
              "parse_status": "ok", "parse_error": "", "confidence": max(p),
-             "model": model_id, "prompt_hash": phash, "task": spec.name, "run_id": run_id, "stage": "label"}
+             "probs": json.dumps(p) if classify else None, "model": model_id, "prompt_hash": phash,
+             "task": spec.name, "run_id": run_id, "stage": "label"}
             for d, v, p in zip(docs, values, probs)]
 
 
 def evaluate_labels(spec: TaskSpec, backend, items: list[dict], *, model_id: str) -> pd.DataFrame:
     """Label expert-labeled items exactly as machine labels are made, and grade them (one row each)."""
     rows = label_rows(spec, backend, items, model_id=model_id, run_id="") if items else []
+    return grade_label_rows(spec, items, rows)
+
+
+def grade_label_rows(spec: TaskSpec, items: list[dict], rows: list[dict]) -> pd.DataFrame:
+    """Grade label rows made for expert-labeled items (one row each, in the items' order)."""
     prefilled = not spec.teacher.reasoning  # constrained labels are formatted as a prefilled answer too
     answers = [parse_answer(r["raw_output"], spec, prefilled=prefilled) for r in rows]
     return grade_items(spec, items, answers, [{"confidence": r["confidence"]} for r in rows])

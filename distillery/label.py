@@ -11,6 +11,13 @@ only the documents no shard holds yet, so every document ends up exactly once.
 The same labeling path then labels the expert held-out seeds, which measures whether the
 confidence can be trusted: expected calibration error and accuracy at 50/80/100% coverage
 (`label_eval.parquet`, and the stage's `heldout` metrics).
+Once every shard is written, the corpus's class prior is estimated by EM from the probability
+rows the shards hold, calibrated by one temperature fitted on the validation seeds (`prior`; a
+whole-corpus quantity, so never from a part of a run), and the
+held-out accuracy is reweighted to it (`heldout.top1_corpus_mix`: the seeds are usually balanced,
+the corpus is not). With `label.prior_correction` a final pass re-ranks the labels under the
+corrected posteriors into `machine_labels.parquet`, which the student then reads; the shards keep
+the teacher's own answers, so a rerun after a crash repeats only this pass.
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Mapping
 
+import json
+
 import pyarrow as pa
 
-from distillery import lake
-from distillery.answer import LABEL_SCHEMA as SCHEMA, evaluate_labels, label_rows
+from distillery import lake, prior
+from distillery.answer import LABEL_SCHEMA as SCHEMA, constrained, grade_label_rows, label_rows
+from distillery.errors import DistilleryError
 from distillery.evaluate import calibration, seed_items, summarize
 from distillery.inference import make_backend
-from distillery.spec import TaskSpec
+from distillery.spec import ClassificationOutput, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
     """Label the documents no shard holds yet; `on_progress(done, total)` after every shard."""
     started = time.perf_counter()
     run_id = run_id or lake.new_run_id("label")
+    check_prior_correction(spec)
     shards = out / "shards"
     todo_all = pick_documents(documents, seeds, spec.label.limit)
     done = done_hashes(shards)
@@ -87,22 +98,114 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
         if on_progress:
             on_progress(len(done) + start + len(chunk), len(todo_all))
     seconds = time.perf_counter() - labeling_started
-    evaluation = evaluate_labels(spec, backend, seed_items(spec, seeds, documents, "heldout"), model_id=model_id)
-    table = lake.read_table(shards) if shards.exists() else pa.Table.from_pylist([], schema=SCHEMA)
+    items = seed_items(spec, seeds, documents, "heldout")
+    teacher_heldout = label_rows(spec, backend, items, model_id=model_id, run_id="") if items else []
+    calibration_set = validation_probs(spec, backend, seeds, documents, model_id=model_id)
+    table, corpus, machine_labels, heldout = prior_pass(spec, shards, seeds, out, teacher_heldout, calibration_set)
+    evaluation = grade_label_rows(spec, items, heldout).assign(probs=[r.get("probs") for r in heldout])
     status = table.column("parse_status").to_pylist()
     conf = table.column("confidence").to_pylist()
     metrics = {"docs_per_s": len(todo) / seconds if todo and seconds > 0 else None,
                "mean_confidence": sum(conf) / len(conf) if conf else 0.0,
-               "heldout": heldout_metrics(evaluation)}
+               "heldout": heldout_metrics(evaluation, corpus)}
+    if corpus:
+        metrics["prior"] = {**corpus, **prior_effect(spec, items, teacher_heldout, corpus)}
     counts = {"labeled": len(status), "ok": status.count("ok"), "partial": status.count("partial"),
               "failed": status.count("failed"), "resumed_from": len(done)}
-    outputs = {"machine_labels": str(shards),
+    outputs = {"machine_labels": str(machine_labels),
                "label_eval": str(lake.write_parquet(evaluation.assign(task=spec.name, run_id=run_id, stage="label"),
                                                     out / "label_eval.parquet"))}
     return lake.StageResult("label", run_id, outputs, counts, metrics, time.perf_counter() - started)
 
 
-def heldout_metrics(rows) -> dict:
-    """Accuracy, reward and how far the confidence can be trusted, on graded rows."""
+def scores_labels(spec: TaskSpec) -> bool:
+    """Whether the teacher's labels carry a probability per label (classification under the schema)."""
+    return isinstance(spec.output, ClassificationOutput) and constrained(spec)
+
+
+def validation_probs(spec: TaskSpec, backend, seeds: Path, documents: Path, *,
+                     model_id: str) -> tuple[list[list[float]], list[int]]:
+    """The teacher's probability rows on the validation seeds and their gold classes: what the
+    temperature is fitted on (seeds it was not trained on, and not the held-out ones it is reported on)."""
+    if not scores_labels(spec):
+        return [], []
+    labels = list(spec.output.labels)
+    items = [it for it in seed_items(spec, seeds, documents, "validation") if _gold(it["answer"]) in labels]
+    rows = label_rows(spec, backend, items, model_id=model_id, run_id="") if items else []
+    return [json.loads(r["probs"]) for r in rows], [labels.index(_gold(it["answer"])) for it in items]
+
+
+def _gold(answer) -> str:
+    return answer[0] if isinstance(answer, list) and answer else answer
+
+
+def prior_pass(spec: TaskSpec, shards: Path, seeds: Path, out: Path, heldout: list[dict],
+               calibration_set: tuple[list, list]) -> tuple[pa.Table, dict | None, Path, list[dict]]:
+    """After the last shard: the corpus's prior from every stored probability row; with
+    `label.prior_correction`, the labels re-ranked under it into out/machine_labels.parquet and the
+    held-out rows re-ranked alike. Returns (labels, prior, the labels' path, held-out rows)."""
+    table = lake.read_table(shards) if shards.exists() else pa.Table.from_pylist([], schema=SCHEMA)
+    corpus = corpus_prior(spec, table.to_pylist(), seeds, calibration_set)
+    if not (corpus and spec.label.prior_correction):
+        return table, corpus, shards, heldout
+    table = pa.Table.from_pylist(corrected(spec, table.to_pylist(), corpus), schema=SCHEMA)
+    path = lake.write_parquet(table, out / "machine_labels.parquet")
+    return table, corpus, path, corrected(spec, heldout, corpus)
+
+
+def check_prior_correction(spec: TaskSpec) -> None:
+    """The prior correction needs a probability per label: classification scored under the schema."""
+    if spec.label.prior_correction and not scores_labels(spec):
+        raise DistilleryError("label.prior_correction needs classification labels scored under the schema "
+                              "(output.kind: classification, teacher.reasoning: false); set "
+                              "label.prior_correction: false for this task")
+
+
+def corpus_prior(spec: TaskSpec, rows: list[dict], seeds: Path, calibration_set: tuple[list, list]) -> dict | None:
+    """The seeds' class mix (the teacher's training prior) and the corpus's, estimated by EM over the
+    labeled documents' probability rows at the temperature fitted on `calibration_set`; None when no
+    row has probabilities."""
+    scored = [json.loads(r["probs"]) for r in rows if r.get("probs")]
+    if not isinstance(spec.output, ClassificationOutput) or not scored:
+        return None
+    labels = list(spec.output.labels)
+    seed_rows = lake.read_table(seeds).to_pandas()
+    answers = [json.loads(a) for a in seed_rows.loc[seed_rows["split"] == "train", "answer"]]
+    seeds_mix = prior.seed_prior(labels, [_gold(a) for a in answers])
+    t = prior.fit_temperature(*calibration_set) if calibration_set[1] else 1.0
+    fit = prior.estimate_prior(prior.temperature(scored, t), [seeds_mix[c] for c in labels])
+    return {"seeds": seeds_mix, "corpus": dict(zip(labels, fit["prior"].tolist())), "documents": len(scored),
+            "temperature": t, "calibrated_on": len(calibration_set[1]), "iterations": fit["iterations"],
+            "converged": fit["converged"], "applied": spec.label.prior_correction}
+
+
+def corrected(spec: TaskSpec, rows: list[dict], corpus: dict) -> list[dict]:
+    """Label rows re-ranked under the corpus's estimated prior."""
+    labels = list(spec.output.labels)
+    return prior.rerank_rows(rows, labels, spec.output.top_k, [corpus["corpus"][c] for c in labels],
+                             [corpus["seeds"][c] for c in labels], corpus["temperature"])
+
+
+def prior_effect(spec: TaskSpec, items: list[dict], heldout: list[dict], corpus: dict) -> dict:
+    """Held-out top-1 of the teacher's own answers and of the corrected ones, under the seeds' mix and
+    the corpus's, whichever the labels delivered: what switching `label.prior_correction` changes."""
+    if not items:
+        return {}
+    out = {}
+    for name, rows in (("uncorrected", heldout), ("corrected", corrected(spec, heldout, corpus))):
+        graded = grade_label_rows(spec, items, rows)
+        out[name] = {"top1_seed_mix": prior.class_mix_accuracy(graded, corpus["seeds"])["top1"],
+                     "top1_corpus_mix": prior.class_mix_accuracy(graded, corpus["corpus"])["top1"]}
+    return out
+
+
+def heldout_metrics(rows, mixes: dict | None = None) -> dict:
+    """Accuracy, reward and how far the confidence can be trusted, on graded rows; with the class
+    mixes (`seeds`, `corpus`), the top-1 under each and its bootstrap interval."""
     cal = calibration(rows["confidence"], rows["top1"]) if len(rows) else calibration([], [])
-    return {**summarize(rows), "ece": cal["ece"], "acc_at_coverage": cal["acc_at_coverage"]}
+    metrics = {**summarize(rows), "ece": cal["ece"], "acc_at_coverage": cal["acc_at_coverage"]}
+    for name in ("seeds", "corpus") if mixes else ():
+        mix = prior.class_mix_accuracy(rows, mixes[name])
+        key = "top1_seed_mix" if name == "seeds" else "top1_corpus_mix"
+        metrics.update({key: mix["top1"], f"{key}_ci95": mix["ci95"]})
+    return metrics

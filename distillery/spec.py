@@ -220,6 +220,10 @@ class LabelSpec(_Strict):
     max_new_tokens: int = Field(24, ge=1)
     backend: Literal["auto", "transformers", "vllm"] = Field("auto")
     shard_size: int = Field(64, ge=1, description="Labels are written in shards of this many documents.")
+    prior_correction: bool = Field(False, description="Re-rank the machine labels under the corpus's class prior, "
+                                   "estimated by EM from the teacher's probabilities on the documents it labeled "
+                                   "(seeds are often balanced, corpora rarely are); classification scored under "
+                                   "the schema only.")
 
 
 class StudentSpec(_Strict):

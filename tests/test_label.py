@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from distillery import ingest, lake, label, seed, synth
+from distillery import ingest, lake, label, prior, seed, synth
+from distillery.errors import DistilleryError
 from distillery.models import tiny_model
 
 from conftest import REPO
@@ -63,6 +65,80 @@ def test_unparsable_generations_are_kept_and_marked_failed(corpus, teacher, tmp_
     failed = [r for r in rows if r["parse_status"] == "failed"]
     assert failed, "a random model should not produce a parsable answer"
     assert all(r["answer"] is None and r["parse_error"] and r["raw_output"] is not None for r in failed)
+
+
+def _rows(path: Path) -> list[dict]:
+    return sorted(lake.read_table(path).to_pylist(), key=lambda r: r["sha256"])
+
+
+def _labels(rows: list[dict]) -> list[tuple]:
+    return [(r["sha256"], r["answer"], r["raw_output"], round(r["confidence"], 6)) for r in rows]
+
+
+def _with_validation(seeds: Path, path: Path) -> Path:
+    """The seed table with every other train row moved to validation (the temperature is fitted there)."""
+    table = lake.read_table(seeds).to_pandas()
+    train = table.index[table["split"] == "train"]
+    table.loc[train[::2], "split"] = "validation"
+    return lake.write_parquet(table, path)
+
+
+def test_prior_correction_off_keeps_the_teachers_labels_on_reranks_them_and_both_report_the_prior(
+        corpus, teacher, tmp_path):
+    spec, docs, seeds = corpus
+    labels = list(spec.output.labels)
+    seeds = _with_validation(seeds, tmp_path / "seed_labels.parquet")
+    off = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "off")
+    on_spec = spec.model_copy(update={"label": spec.label.model_copy(update={"prior_correction": True})})
+    on = label.machine_label(on_spec, teacher, docs, seeds, out=tmp_path / "on")
+
+    assert off.path("machine_labels") == tmp_path / "off" / "shards", "off: the student reads the teacher's labels"
+    off_rows = _rows(off.path("machine_labels"))
+    for r in off_rows:
+        probs = json.loads(r["probs"])
+        assert r["confidence"] == pytest.approx(max(probs))
+        assert json.loads(r["answer"])[0] == labels[probs.index(max(probs))]
+    seed_rows = lake.read_table(seeds).to_pandas()
+    train = seed_rows.loc[seed_rows["split"] == "train", "answer"]
+    seeds_mix = prior.seed_prior(labels, [json.loads(a) for a in train])
+    for result in (off, on):
+        p = result.metrics["prior"]
+        assert p["documents"] == 40 and p["seeds"] == pytest.approx(seeds_mix)
+        assert p["calibrated_on"] == 5 and p["temperature"] != 1.0
+        assert sorted(p["corpus"]) == sorted(labels) and sum(p["corpus"].values()) == pytest.approx(1.0)
+        assert 0 <= result.metrics["heldout"]["top1_corpus_mix"] <= 1
+        assert p["uncorrected"]["top1_seed_mix"] is not None and p["corrected"]["top1_corpus_mix"] is not None
+    assert on.metrics["prior"]["corpus"] == pytest.approx(off.metrics["prior"]["corpus"])
+    assert on.metrics["prior"]["applied"] and not off.metrics["prior"]["applied"]
+
+    on_shards = _rows(tmp_path / "on" / "shards")
+    assert _labels(on_shards) == _labels(off_rows), "the shards keep the teacher's own answers"
+    corpus_mix = on.metrics["prior"]["corpus"]
+    expected = prior.rerank_rows(on_shards, labels, spec.output.top_k, [corpus_mix[c] for c in labels],
+                                 [seeds_mix[c] for c in labels], on.metrics["prior"]["temperature"])
+    assert on.path("machine_labels") == tmp_path / "on" / "machine_labels.parquet"
+    assert _labels(_rows(on.path("machine_labels"))) == _labels(expected)
+
+
+def test_prior_correction_after_a_crash_is_made_over_every_shard(corpus, teacher, tmp_path):
+    spec, docs, seeds = corpus
+    spec = spec.model_copy(update={"label": spec.label.model_copy(update={"prior_correction": True})})
+    out = tmp_path / "label"
+    first = label.machine_label(spec, teacher, docs, seeds, out=out)
+    whole = _labels(_rows(first.path("machine_labels")))
+    first.path("machine_labels").unlink()  # as if killed before the final pass, with the last shard unwritten
+    sorted((out / "shards").glob("*.parquet"))[-1].unlink()
+    again = label.machine_label(spec, teacher, docs, seeds, out=out)
+    assert again.counts["resumed_from"] == 36 and again.metrics["prior"]["documents"] == 40
+    assert _labels(_rows(again.path("machine_labels"))) == whole
+
+
+def test_prior_correction_without_label_probabilities_names_the_fix(corpus, teacher, tmp_path):
+    spec, docs, seeds = corpus
+    spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"reasoning": True}),
+                                   "label": spec.label.model_copy(update={"prior_correction": True})})
+    with pytest.raises(DistilleryError, match="prior_correction: false"):
+        label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "label")
 
 
 KILLABLE = """

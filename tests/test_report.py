@@ -162,6 +162,20 @@ def test_the_baseline_sits_beside_the_models_and_its_warning_tops_the_report(cli
     assert html.escape(why) in _section(page, "reward-curve")
 
 
+def test_the_calibration_section_shows_the_seeds_and_the_estimated_corpus_class_mix(clinical_spec, run_results,
+                                                                                    tmp_path):
+    results = run_results(clinical_spec)
+    labels = list(clinical_spec.output.labels)
+    corpus = {c: (0.55 if c == labels[0] else 0.45 / (len(labels) - 1)) for c in labels}
+    metrics = {**results["label"].metrics, "heldout": {"top1_seed_mix": 0.61, "top1_corpus_mix": 0.83},
+               "prior": {"seeds": {c: 1 / len(labels) for c in labels}, "corpus": corpus, "documents": 20,
+                         "applied": False}}
+    results["label"] = dataclasses.replace(results["label"], metrics=metrics)
+    cal = _section(write_report(clinical_spec, results, tmp_path / "rep").read_text(), "calibration")
+    assert "EM estimate over 20 labeled documents" in cal
+    assert "0.550" in cal and "0.830" in cal and "0.610" in cal and "prior_correction: false" in cal
+
+
 def test_text_is_escaped(clinical_spec, run_results, tmp_path):
     spec = _spec(clinical_spec, evil=True)
     results = run_results(spec)

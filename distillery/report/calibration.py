@@ -96,6 +96,26 @@ def _machine_label_notes(spec: TaskSpec, run: Run, labels) -> list[Raw]:
     return parts
 
 
+def _prior_table(spec: TaskSpec, run: Run) -> list[Raw]:
+    """The seeds' class mix beside the corpus's estimated one, and the held-out top-1 under each."""
+    label = run.get("label")
+    prior = label.metrics.get("prior") if label else None
+    if not prior:
+        return []
+    heldout = label.metrics.get("heldout", {})
+    labels = list(prior["corpus"])
+    rows = [["seeds (train split: the teacher's prior)", *[prior["seeds"].get(c) for c in labels],
+             heldout.get("top1_seed_mix")],
+            [f"corpus (EM estimate over {prior['documents']} labeled documents)",
+             *[prior["corpus"][c] for c in labels], heldout.get("top1_corpus_mix")]]
+    applied = "re-ranked under the corpus's prior" if prior.get("applied") else \
+        "the teacher's own (label.prior_correction: false)"
+    return [table(["class mix", *labels, "held-out top-1 under it"], rows),
+            note(f"Machine labels: {applied}. The corpus estimate is only as good as the teacher's probabilities "
+                 "(calibrated by one temperature on the validation seeds): a teacher that answers one class for "
+                 "everything makes that class look like the whole corpus, and the corpus-mix top-1 follows it.")]
+
+
 def section_calibration(spec: TaskSpec, run: Run) -> Raw:
     sets = _calibration_sets(spec, run)
     labels = run.table("label", "machine_labels")
@@ -109,4 +129,4 @@ def section_calibration(spec: TaskSpec, run: Run) -> Raw:
              png(fig, "reliability diagram"), _calibration_table(cals),
              note("Accuracy at coverage c: top-1 accuracy over the c share of items with the highest confidence; "
                   "a useful confidence makes it fall as coverage grows.")]
-    return Raw("".join(parts + _machine_label_notes(spec, run, labels)))
+    return Raw("".join(parts + _machine_label_notes(spec, run, labels) + _prior_table(spec, run)))
