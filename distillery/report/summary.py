@@ -36,15 +36,15 @@ def section_summary(spec: TaskSpec, run: Run, *, name: str, profile: str | None,
             ["stages ran", f"{min(stamps)} to {max(stamps)}" if stamps else "–"],
             ["report generated", lake.now().strftime("%Y-%m-%d %H:%M:%S UTC")]]
     body = [table(["", ""], rows, "kv")]
-    student = run.get("student")
-    gate = student.metrics.get("promotion", {}) if student else {}
-    if not gate.get("promoted", True):
-        where = ("bulk labels come from an earlier promoted student" if run.get("bulk") else
-                 "nothing was bulk-labeled: `make inbox STUDENT=latest` labels with this student anyway")
-        body.insert(0, note(f"Student not promoted: {gate.get('reason', 'below the gate')}. The {where}."))
     for stage in ("student", "teacher"):  # the teacher's first, on top
         warnings = run.get(stage).metrics.get("warnings", []) if run.get(stage) else []
         body[:0] = [note(f"Warning: {w}.") for w in warnings]
+    student = run.get("student")
+    gate = student.metrics.get("promotion", {}) if student else {}
+    if not gate.get("promoted", True):  # above every warning: it decides what bulk labeled
+        where = ("bulk labels come from an earlier promoted student" if run.get("bulk") else
+                 "nothing was bulk-labeled: `make inbox STUDENT=latest` labels with this student anyway")
+        body.insert(0, note(f"Student not promoted: {gate.get('reason', 'below the gate')}. The {where}."))
     evals = {m: r for m, r in eval_sets(run)}
     headline = [f"{m}: top-1 {r['top1'].mean():.1%} on {len(r)} held-out items"
                 for m, r in evals.items() if m in ("base", "baseline", "teacher", "student")]
