@@ -100,13 +100,20 @@ def _run(args) -> int:
     from distillery.spec import load_spec
 
     load_spec(args.spec, args.profile)  # a bad spec is an error message here, not a failed flow run
+    from flows import lifetime
     from flows.distill import distill
 
-    result = distill(args.spec, args.profile, args.until)
-    for stage, state in result["states"].items():
-        print(f"{stage:<9}{state}")
-    if result.get("report"):
-        print(f"report: {result['report']}")
+    lifetime.watch()  # before the flow starts Prefect's temporary server: it must die with this process
+    state = distill(args.spec, args.profile, args.until, return_state=True)
+    result = state.result(raise_on_failure=False)  # a Failed run still carries what ran
+    if isinstance(result, dict):
+        for stage, name in result["states"].items():
+            print(f"{stage:<9}{name}")
+        if result.get("report"):
+            print(f"report: {result['report']}")
+    if not state.is_completed():  # e.g. no student passed its gate: the message says what to do
+        print(f"error: {state.message}", file=sys.stderr)
+        return 1
     return 0
 
 
