@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__, spec=False)
     ap.add_argument("--corpus", choices=[*CORPORA, "all"], default="all")
     ap.add_argument("--home", default=None,
-                    help="the data root the task's stages ran in (default: $DISTILLERY_HOME, else data)")
+                    help="the data root the task's stages ran in (default: $DISTILLERY_HOME, else data); "
+                         "the result still goes to --out")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N documents of each corpus")
     ap.add_argument("--heldout", default=HELDOUT, help="texlive_dev: the held-out labels (document,answer)")
     args = ap.parse_args(argv)
