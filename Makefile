@@ -130,6 +130,10 @@ bench-student: ## base, teacher and student: top-1 and docs/s on the same docume
 bench-rft: ## base vs SFT vs SFT+GRPO (3 sampling seeds) vs random-reward GRPO on 300 fresh documents -> data/bench/rft.json
 	$(PY) -m bench.rft --spec $(SPEC) --profile $(PROFILE) --sampling-seeds $(SAMPLING_SEEDS)
 
+.PHONY: bench-worth
+bench-worth: ## TF-IDF baseline vs base, teacher and student the pipeline trained, paired 95% intervals, targets (CORPUS=demo|texlive_dev|all) -> data/bench/worth.json
+	$(PY) -m bench.worth --corpus $(or $(CORPUS),all) --profile $(PROFILE) --heldout $(TEXLIVE)/heldout.csv $(if $(LIMIT),--limit $(LIMIT))
+
 .PHONY: bench-grpo-step
 bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the demo sizes -> data/bench/grpo_step.json
 	$(PY) -m bench.grpo_step --spec $(SPEC) --profile $(PROFILE)

@@ -39,10 +39,14 @@ def machine(torch_threads: bool = False) -> dict:
     return info
 
 
-def stage_outputs(spec, stage: str) -> dict[str, str]:
-    outputs = lake.latest_outputs(lake.Layout.at(), spec.name, stage)
+def stage_outputs(spec, stage: str, layout: lake.Layout | None = None, hint: str | None = None) -> dict[str, str]:
+    """The outputs of the latest finished `stage` of the task under `layout` (default: the data root);
+    missing, an error naming the command that makes it (`hint`, default `make STAGE`)."""
+    layout = layout or lake.Layout.at()
+    outputs = lake.latest_outputs(layout, spec.name, stage) if layout.catalog.exists() else None
     if outputs is None:
-        raise StageInputMissing(f"bench ({stage})", f"a finished {stage} stage for task {spec.name!r}", f"make {stage}")
+        raise StageInputMissing(f"bench ({stage})", f"a finished {stage} stage for task {spec.name!r} in {layout.root}",
+                                hint or f"make {stage}")
     return outputs
 
 
@@ -71,10 +75,14 @@ def parser(doc: str | None, *, spec: bool = True, profile: bool = True) -> argpa
     return ap
 
 
+def result_path(name: str, out: str | Path, profile: str = "demo") -> Path:
+    """`out/NAME.json` (`NAME-PROFILE.json` for another profile, so profiles keep theirs apart)."""
+    return Path(out) / (f"{name}.json" if profile == "demo" else f"{name}-{profile}.json")
+
+
 def write(name: str, result: dict, out: str | Path, profile: str = "demo") -> Path:
-    """`out/NAME.json` (`NAME-PROFILE.json` for another profile, so profiles keep theirs apart); prints the scalars."""
-    stem = name if profile == "demo" else f"{name}-{profile}"
-    path = lake.write_json(result, Path(out) / f"{stem}.json")
+    """Write `result_path`; prints the scalars."""
+    path = lake.write_json(result, result_path(name, out, profile))
     shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if not isinstance(v, (dict, list))}
     print(f"{name} -> {path}: {shown}")
     return path
