@@ -82,6 +82,14 @@ def _rows_by_path(out: Path) -> dict[str, list[dict]]:
     return rows
 
 
+def _pair(rows: dict[str, list[dict]], a: Path, b: Path) -> tuple[dict, dict]:
+    """(twin, copy) of two byte-identical files: exactly one points at the other."""
+    ra, rb = rows[str(a)][0], rows[str(b)][0]
+    first, second = (ra, rb) if rb["duplicate_of"] == str(a) else (rb, ra)
+    assert first["duplicate_of"] is None and second["duplicate_of"] == first["path"], (ra, rb)
+    return first, second
+
+
 def test_a_byte_identical_copy_gets_a_row_under_its_own_path(clinical_spec, inbox, student, tmp_path,
                                                              distillery_home):
     good, bad = inbox / "case-00000.pdf", inbox / "case-00019.pdf"  # a valid report and the encrypted one
@@ -95,24 +103,25 @@ def test_a_byte_identical_copy_gets_a_row_under_its_own_path(clinical_spec, inbo
     assert sorted(rows) == sorted(str(p) for p in inbox.rglob("*.pdf"))  # every path: a row
     assert all(len(r) == 1 for r in rows.values())  # and only one
     assert result.counts == {"seen": 32, "skipped": 0, "labeled": 27, "quarantined": 3, "duplicates": 2}
-    copy, twin = rows[str(inbox / "copies" / "same-report.pdf")][0], rows[str(good)][0]
-    assert copy["kind"] == "labels" and copy["duplicate_of"] == str(good) and twin["duplicate_of"] is None
-    assert (copy["label"], copy["probs"], copy["sha256"]) == (twin["label"], twin["probs"], twin["sha256"])
-    copy = rows[str(inbox / "copies" / "same-encrypted.pdf")][0]
-    assert (copy["kind"], copy["reason"], copy["duplicate_of"]) == ("quarantine", "encrypted", str(bad))
+    # Files finish in any order: whichever of two copies came first is the twin the other points at.
+    first, second = _pair(rows, inbox / "copies" / "same-report.pdf", good)
+    assert first["kind"] == second["kind"] == "labels"
+    assert (first["label"], first["probs"], first["sha256"]) == (second["label"], second["probs"], second["sha256"])
+    first_bad, second_bad = _pair(rows, inbox / "copies" / "same-encrypted.pdf", bad)
+    assert first_bad["kind"] == second_bad["kind"] == "quarantine" and first_bad["reason"] == second_bad["reason"] == "encrypted"
     lake.register(distillery_home, "clinical", result, cache_key="k", config_hash="c", inputs={},
                   started_at=lake.now(), views={"bulk_labels": [str(f) for f in bulk.committed(out, "labels")]})
     with lake.catalog(distillery_home, read_only=True) as con:  # the catalog finds it by path too
         found = con.execute("SELECT label, duplicate_of FROM bulk_labels WHERE path = ?",
-                            [str(inbox / "copies" / "same-report.pdf")]).fetchall()
-    assert found == [(twin["label"], str(good))]
+                            [second["path"]]).fetchall()
+    assert found == [(first["label"], first["path"])]
 
     (inbox / "later-copy.pdf").write_bytes(good.read_bytes())  # a copy of a file done in an earlier run
     again = bulk.bulk_label(spec, student, out=out, progress=False)
     assert again.counts == {"seen": 33, "skipped": 32, "labeled": 0, "quarantined": 0, "duplicates": 1}
     rows = _rows_by_path(out)
     assert len(rows) == 33 and all(len(r) == 1 for r in rows.values())
-    assert rows[str(inbox / "later-copy.pdf")][0]["duplicate_of"] == str(good)
+    assert rows[str(inbox / "later-copy.pdf")][0]["duplicate_of"] == first["path"]  # the one labeled
 
 
 class _NoBar:
