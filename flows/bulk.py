@@ -51,6 +51,8 @@ def main() -> None:
     args = ap.parse_args()
     lifetime.watch()  # before the flow starts Prefect's temporary server: it must die with this process
     try:
+        # A student that cannot be used is a message before any flow (and its server) starts.
+        pick_student(load_spec(args.spec, args.profile or None), Layout.at(), args.student)
         bulk(args.spec, args.profile or None, args.source, args.relabel, args.engine, args.student)
     except DistilleryError as e:
         print(f"error: {e}", file=sys.stderr)
