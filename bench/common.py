@@ -43,7 +43,7 @@ def stage_outputs(spec, stage: str, layout: lake.Layout | None = None, hint: str
     """The outputs of the latest finished `stage` of the task under `layout` (default: the data root);
     missing, an error naming the command that makes it (`hint`, default `make STAGE`)."""
     layout = layout or lake.Layout.at()
-    outputs = lake.latest_outputs(layout, spec.name, stage) if layout.catalog.exists() else None
+    outputs = lake.latest_outputs(layout, spec.name, stage)  # None without a catalog too (lake.query)
     if outputs is None:
         raise StageInputMissing(f"bench ({stage})", f"a finished {stage} stage for task {spec.name!r} in {layout.root}",
                                 hint or f"make {stage}")
