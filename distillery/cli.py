@@ -70,11 +70,16 @@ def _import_label_studio(args) -> int:
 
 
 def _plan(args) -> int:
-    from distillery.plan import compare_last, measure, plan, remember, render
+    from distillery.plan import compare_last, plan, remember, render
+    from distillery.probe import measure
     from distillery.spec import load_spec
 
     spec = load_spec(args.spec, args.profile)
-    sample = None if args.no_measure else measure(spec, args.sample)
+    if not args.no_measure:
+        print(f"measuring: {args.sample} PDFs extracted and their prompts tokenized"
+              + ("" if args.no_time else ", the base model timed on them (a minute at most on a CPU; --no-time skips)"),
+              file=sys.stderr)
+    sample = None if args.no_measure else measure(spec, args.sample, time_model=not args.no_time)
     result = plan(spec, bulk_docs=args.docs, speedup=args.speedup, root=args.home, sample=sample)
     print(render(result, gpu=args.speedup != 1.0, last=compare_last(args.home, spec.name)))
     remember(result, args.home)
@@ -155,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--home", default=None, help="artifact root (default $DISTILLERY_HOME or ./data)")
     plan.add_argument("--sample", type=int, default=20, help="PDFs extracted to measure prompt tokens and extraction")
     plan.add_argument("--no-measure", action="store_true", help="skip the sample: the benchmarks' rates as they are")
+    plan.add_argument("--no-time", action="store_true",
+                      help="measure the sample but do not time the base model on it (rates: benchmarks x tokens)")
     plan.set_defaults(fn=_plan)
     exp = sub.add_parser("export", help="labels to CSV, JSONL or Label Studio JSON")
     exp.add_argument("spec")

@@ -3,11 +3,18 @@
 It measures what it can first: it lists the corpus, extracts a sample of ~20 PDFs (seconds per
 document with the spec's workers) and renders the spec's prompt on them with the base tokenizer
 (tokens per prompt); it counts the seed file's rows, so the documents left to label are the valid
-documents minus the seeds, capped by `label.limit`. Each stage's work is then divided by a rate
-measured on this machine: the task's own latest runs in the catalog first (same prompts), else the
-benchmarks (`data/bench/*.json` shipped with the code, or newer ones under `<home>/bench`), scaled
-by this spec's tokens per prompt against the benchmark's. Every rate says where it came from.
-On another device `--speedup` scales every rate (an assumption the plan prints).
+documents minus the seeds, capped by `label.limit`. Then it times the base model on the sample,
+here: scoring a batch of its prompts as the labeling stage does (documents per second), and one SFT
+step (forward, backward, optimizer) on a batch of them at the spec's batch size. Prompt length,
+the share of the prompt computed once, padding and the machine's speed are all in those two times,
+which a token count alone misses: on the TeX Live manuals (561-token prompts against the demo's
+176) labeling ran 2.6x slower than tokens-scaled benchmark rates predicted.
+
+Each stage's work is then divided by a rate: the task's own latest runs in the catalog first (same
+prompts), else the times measured here (labeling, SFT; the student's and GRPO's scaled from them by
+the benchmarks' ratios), else the benchmarks (`data/bench/*.json` shipped with the code, or newer
+ones under `<home>/bench`) scaled by tokens per prompt. Every rate says where it came from. On
+another device `--speedup` scales every rate (an assumption the plan prints).
 
 Each plan is kept (`<home>/plans/<task>.json`); the next plan compares it with the stages that ran
 after it (the catalog's `runs`), so a plan says how far off the last one was.
@@ -17,12 +24,12 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from distillery import lake
+from distillery.probe import Sample, count_documents, source_of
 from distillery.spec import TaskSpec
 
 SHIPPED_BENCH = Path(__file__).resolve().parents[1] / "data" / "bench"
@@ -42,23 +49,6 @@ class Line:
         return self.work / self.rate if self.rate else None
 
 
-@dataclass
-class Sample:
-    """What plan measured on the corpus before predicting."""
-
-    files: int  # PDFs listed in the source
-    extracted: int = 0
-    ok: int = 0
-    seconds: float = 0.0  # wall time to extract the sample with the spec's workers
-    tokens: float | None = None  # mean tokens per rendered prompt
-    note: str = ""
-    steady_docs_per_s: float | None = None  # between the first and the last file done
-
-    @property
-    def docs_per_s(self) -> float | None:
-        return self.steady_docs_per_s or (self.extracted / self.seconds if self.seconds > 0 else None)
-
-
 def _bench(root: Path, name: str) -> tuple[dict, str]:
     """A benchmark's JSON: `<home>/bench` when newer than the one shipped with the code."""
     found = [p for p in (lake.Layout(root).bench / f"{name}.json", SHIPPED_BENCH / f"{name}.json") if p.exists()]
@@ -73,63 +63,6 @@ def _runs(root: Path, task: str) -> dict[str, dict]:
     rows = lake.query(root, "SELECT DISTINCT ON (stage) stage, metrics, counts, epoch(finished_at) - epoch(started_at) "
                             "FROM runs WHERE task = ? AND status = 'completed' ORDER BY stage, finished_at DESC", [task])
     return {stage: {"metrics": json.loads(m), "counts": json.loads(c), "seconds": s} for stage, m, c, s in rows}
-
-
-def _source(spec: TaskSpec, source: str | None) -> str:
-    value = source or spec.bulk.source
-    return value if "://" in value else str(spec.path(value))
-
-
-def count_documents(spec: TaskSpec, source: str | None) -> int:
-    from distillery.sources import list_pdfs
-
-    return sum(1 for _ in list_pdfs(_source(spec, source)))
-
-
-def _tokenizer(spec: TaskSpec):
-    from distillery.models import load_tokenizer
-
-    base = spec.path(spec.models.base)
-    return load_tokenizer(str(base) if base.exists() else spec.models.base)
-
-
-def measure(spec: TaskSpec, n: int = 20) -> Sample:
-    """List the corpus, extract `n` evenly spaced PDFs and count the tokens of their prompts."""
-    from distillery import pdf
-    from distillery.ingest import list_pdfs
-    from distillery.prompts import render_prompt
-
-    paths = list(list_pdfs(_source(spec, spec.source)))
-    sample = Sample(files=len(paths))
-    k = min(n, len(paths))
-    picked = [paths[i * len(paths) // k] for i in range(k)]  # evenly spaced over the sorted listing
-    if not picked:
-        sample.note = "the source holds no PDF"
-        return sample
-    cfg = spec.ingest
-    started = time.perf_counter()
-    rows, done = [], []
-    for row in pdf.extract_many(picked, workers=cfg.workers, timeout_s=cfg.timeout_s, ordered=False,
-                                max_bytes=int(cfg.max_file_mb * 2**20), min_chars=cfg.min_chars):
-        rows.append(row)
-        done.append(time.perf_counter())
-    sample.extracted, sample.seconds = len(rows), done[-1] - started
-    if len(done) >= 3:  # from the first file done to the last: the workers' start-up is not a per-file cost
-        sample.steady_docs_per_s = (len(done) - 1) / max(done[-1] - done[0], 1e-9)
-    texts = [r.text for r in rows if r.verdict == "ok"]
-    sample.ok = len(texts)
-    if not texts:
-        sample.note = "no sampled PDF had text"
-        return sample
-    try:
-        tokenizer = _tokenizer(spec)
-    except (OSError, ValueError) as err:  # an HF id offline, a broken model folder
-        sample.note = f"tokenizer of {spec.models.base} unavailable ({type(err).__name__})"
-        return sample
-    counts = [len(tokenizer(render_prompt(t, spec, tokenizer, reasoning=spec.teacher.reasoning),
-                            add_special_tokens=False)["input_ids"]) for t in texts]
-    sample.tokens = sum(counts) / len(counts)
-    return sample
 
 
 def _seed_split(spec: TaskSpec) -> dict[str, int]:
@@ -183,6 +116,12 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
     bench_tokens = b["grpo_step"].get("prompt_tokens")
     ratio = sample.tokens / bench_tokens if sample and sample.tokens and bench_tokens else 1.0
     scaled = f" x {bench_tokens:g}/{sample.tokens:.0f} tokens" if ratio != 1.0 else ""
+    # Measured here: scoring cost against the label benchmark's (prompt, prefix sharing, machine in it).
+    bench_label = b["label"].get("ours_docs_per_s")
+    infer_ratio, infer_note = ratio, scaled
+    if sample and sample.score_docs_per_s and bench_label:
+        infer_ratio = bench_label / sample.score_docs_per_s
+        infer_note = f" x {infer_ratio:.2g} (scoring time measured here)"
 
     # Documents: the latest ingest run's count, else the files listed x the sample's valid share.
     ingest_run = runs.get("ingest", {}).get("counts", {})
@@ -211,20 +150,34 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
     rft = b["rft"].get("rft", {})
     bench_batch = b["rft"].get("sft", {}).get("batch_size") or cfg.sft.batch_size
     # Benchmark SFT steps per second at this spec's prompt length; a step's time grows with its batch.
-    bench_sft = rft["sft_steps"] / rft["sft_seconds"] / ratio if rft.get("sft_seconds") and rft.get("sft_steps") else None
+    bench_step = rft["sft_seconds"] / rft["sft_steps"] if rft.get("sft_seconds") and rft.get("sft_steps") else None
+    bench_sft = 1 / bench_step / ratio if bench_step else None
+    timed = sample.sft_step_s if sample else None
+    train_ratio = timed / cfg.sft.batch_size / (bench_step / bench_batch) if timed and bench_step else None
+    if timed:  # one step measured here at this batch size: the benchmark's rate at this spec's cost
+        bench_sft = cfg.sft.batch_size / (timed * bench_batch)
     sft_rate, source = rate_from(
         (own.get("steps", 0) / own["seconds"] if own.get("seconds") else None, "latest teacher run (SFT warm start)"),
+        (1 / timed if timed else None, f"measured here: one SFT step on {cfg.sft.batch_size} sample examples"),
         (bench_sft * bench_batch / cfg.sft.batch_size if bench_sft else None,
          f"{where['rft']} (SFT warm start{scaled} x batch {bench_batch}/{cfg.sft.batch_size})"))
     lines.append(Line("teacher: SFT warm start", sft_steps, "steps", sft_rate, source))
 
     g = cfg.grpo
-    step_tokens = g.prompts_per_step * ((sample.tokens if sample and sample.tokens else bench_tokens or 0)
-                                        + g.num_generations * g.max_completion_length)
+    # A GRPO step: each prompt once, then G completions of C tokens. Measured here, a prompt costs
+    # what the SFT step says (the benchmark's prompt tokens x the training cost ratio).
+    prompt_tokens = (bench_tokens * train_ratio if train_ratio and bench_tokens
+                     else sample.tokens if sample and sample.tokens else bench_tokens or 0)
+    step_tokens = g.prompts_per_step * (prompt_tokens + g.num_generations * g.max_completion_length)
     bench_step_tokens = b["grpo_step"].get("tokens_per_step", {}).get("ours")
     grpo_scale = bench_step_tokens / step_tokens if bench_step_tokens and step_tokens else 1.0
     grpo_note = f" x {bench_step_tokens:g}/{step_tokens:.0f} tokens per step" if grpo_scale != 1.0 else ""
+    if train_ratio:
+        grpo_note += ", prompts priced by the SFT step measured here"
+    own = runs.get("teacher", {}).get("metrics", {}).get("grpo", {})
     rate, source = rate_from(
+        (own["steps"] / own["seconds"] if own.get("steps") and own.get("seconds") else None,
+         "latest teacher run (GRPO steps, validation included)"),
         (1 / b["rft"]["seconds_per_step"] * grpo_scale if b["rft"].get("seconds_per_step") else None,
          f"{where['rft']} (whole steps: generation, loss, validation{grpo_note})"),
         (1 / b["grpo_step"]["ours_s_per_step"] * grpo_scale if b["grpo_step"].get("ours_s_per_step") else None,
@@ -233,8 +186,9 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
 
     label_rate, label_source = rate_from(
         (runs.get("label", {}).get("metrics", {}).get("docs_per_s"), "latest label run"),
-        (b["label"]["ours_docs_per_s"] / ratio if b["label"].get("ours_docs_per_s") else None,
-         f"{where['label']}{scaled}"))
+        (sample.score_docs_per_s if sample else None,
+         f"measured here: the base model scoring {sample.scored if sample else 0} sample prompts"),
+        (bench_label / ratio if bench_label else None, f"{where['label']}{scaled}"))
     evals = min(held, cfg.eval_max_items) * 2 + (g.steps // g.eval_interval + 1 if g.steps else 0) * \
         min(n_val or n_train, cfg.eval_max_items)
     lines.append(Line("teacher: evaluations", evals, "docs", label_rate, f"label rate ({label_source}): base and "
@@ -250,19 +204,20 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
     trained = own.get("counts", {}).get("trained_on")
     train = own.get("metrics", {}).get("train", {})
     cost, cost_note = _student_cost(spec, b["student"])
+    basis = (f"the SFT step measured here x batch {cfg.sft.batch_size}/{s.batch_size}" if timed
+             else f"{where['rft']} (SFT{scaled} x batch {bench_batch}/{s.batch_size})")
     rate, source = rate_from(
         (train["steps"] / train["seconds"] if train.get("steps") and train.get("seconds") else None,
          f"latest student run ({trained} labels)" if trained else "latest student run"),
-        (bench_sft * bench_batch / s.batch_size / cost if bench_sft else None,
-         f"{where['rft']} (SFT{scaled} x batch {bench_batch}/{s.batch_size}; {cost_note})"))
+        (bench_sft * bench_batch / s.batch_size / cost if bench_sft else None, f"{basis}; {cost_note}"))
     lines.append(Line("student: SFT", student_steps, "steps", rate, source))
 
     if bulk_docs is not None or not spec.bulk:
         docs = bulk_docs or 0
     else:
-        docs = sample.files if sample and _source(spec, None) == _source(spec, spec.source) else count_documents(spec, None)
-    lines.append(Line("bulk", docs, "docs", *_bulk_rate(runs, b["bulk"], where["bulk"], ratio, scaled, sample,
-                                                        spec, rate_from)))
+        docs = sample.files if sample and source_of(spec, None) == source_of(spec, spec.source) else count_documents(spec, None)
+    lines.append(Line("bulk", docs, "docs", *_bulk_rate(runs, b["bulk"], where["bulk"], infer_ratio, infer_note,
+                                                        sample, spec, rate_from)))
 
     known = [ln.seconds for ln in lines if ln.seconds is not None]
     return {
@@ -274,7 +229,8 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
         "assumptions": [
             "rates were measured on the machine and model of the benchmark or run they come from",
             f"every rate is multiplied by --speedup {speedup:g} (1 = this machine)",
-            "a benchmark's time per document or step grows in proportion to tokens per prompt",
+            "a benchmark's time per document or step grows in proportion to tokens per prompt, or, when the base "
+            "model was timed here, to the time measured here",
             "step time does not depend on the number of steps; documents cost the same on average as measured",
             f"bulk documents: {docs} ({'given' if bulk_docs is not None else 'counted in ' + str(spec.bulk.source) if spec.bulk else 'no bulk section'})",
         ],
@@ -305,6 +261,9 @@ def _measured(sample: Sample | None, bench_tokens, valid, n_seeds, left, label_d
            f"{sample.ok} with text"]
     if sample.tokens:
         out.append(f"tokens per prompt: {sample.tokens:.0f} (the benchmarks': {bench_tokens or '?'})")
+    if sample.score_docs_per_s:
+        out.append(f"base model here: scores {sample.score_docs_per_s:.3g} docs/s ({sample.scored} sample prompts), "
+                   f"one SFT step of {spec.teacher.sft.batch_size} takes {sample.sft_step_s:.1f} s")
     if sample.note:
         out.append(f"not measured: {sample.note}")
     if valid is not None:

@@ -215,7 +215,11 @@ def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, ru
     metrics["sft"] = train_sft(base, answer_examples(spec, sft_items, load_tokenizer(base)), spec.teacher.sft, start,
                                seed=spec.seed)
     if spec.teacher.grpo.steps > 0:
+        grpo_started = time.perf_counter()
         steps, history = run_grpo(spec, start, grpo_items, val, out)
+        done = steps.loc[steps["split"] == "train", "step"]
+        metrics["grpo"] = {"steps": int(done.max()) if len(done) else 0,  # validation passes included
+                           "seconds": time.perf_counter() - grpo_started}
         shutil.rmtree(start)
     else:
         steps, history = pd.DataFrame(columns=["step", "split"]), []

@@ -187,6 +187,21 @@ def test_every_catalog_view_has_rows_after_the_flow(first_run, flow_home):
         assert _catalog(flow_home, f"select count(*) from {view}")[0][0] > 0, view
 
 
+def test_the_next_plan_prices_each_stage_by_the_run_it_made(first_run, flow_home, tiny_task):
+    """After a run, `plan` reads each stage's rate from the task's own runs: GRPO's too (the teacher
+    stage records its GRPO steps and their time, validation included)."""
+    from distillery.plan import plan
+
+    [(metrics,)] = _catalog(flow_home, "select metrics from runs where stage = 'teacher' order by finished_at desc limit 1")
+    grpo = json.loads(metrics)["grpo"]
+    assert grpo["steps"] == TINY["teacher"]["grpo"]["steps"] and grpo["seconds"] > 0
+    lines = {ln["stage"]: ln for ln in plan(load_spec(tiny_task / "tiny.yaml"), root=flow_home, bulk_docs=10)["lines"]}
+    assert lines["teacher: GRPO"]["rate_per_s"] == pytest.approx(grpo["steps"] / grpo["seconds"])
+    for stage, source in (("teacher: GRPO", "latest teacher run"), ("teacher: SFT warm start", "latest teacher run"),
+                          ("label", "latest label run"), ("student: SFT", "latest student run"), ("bulk", "latest bulk run")):
+        assert lines[stage]["source"].startswith(source), stage
+
+
 def test_bulk_labels_are_labels_of_the_schema(first_run, flow_home, tiny_task):
     labels = load_spec(tiny_task / "tiny.yaml").output.labels
     assert all(label in labels for (label,) in _catalog(flow_home, "select label from bulk_labels"))

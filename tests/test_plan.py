@@ -10,7 +10,8 @@ import pytest
 
 from distillery import lake, synth
 from distillery.cli import main
-from distillery.plan import compare_last, measure, plan, remember, render
+from distillery.plan import compare_last, plan, remember, render
+from distillery.probe import measure
 from distillery.spec import parse_spec
 
 from conftest import CLINICAL_YAML
@@ -108,3 +109,35 @@ def test_the_plan_command_measures_and_keeps_its_prediction(clinical_raw, corpus
     assert (distillery_home / "plans" / "clinical.json").exists()
     assert main(["plan", str(path), "--sample", "3"]) == 0
     assert "no stage has run since" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from distillery.models import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "m", CLINICAL_YAML.parent / "../../models/base")
+
+
+def test_the_base_model_is_timed_here_and_its_times_price_the_stages(clinical_raw, corpus, tiny_base):
+    """Labeling and SFT are priced by what the base model took here on the sample, not by tokens:
+    twice the measured time is half the rate of every stage priced from it."""
+    from dataclasses import replace
+
+    spec = _spec(clinical_raw, corpus)
+    spec = spec.model_copy(update={"models": spec.models.model_copy(update={"base": str(tiny_base)})})
+    sample = measure(spec, 4, time_model=True)
+    assert sample.score_docs_per_s > 0 and sample.sft_step_s > 0
+    assert sample.scored == min(sample.ok, 8, spec.label.batch_size) > 0
+    assert measure(spec, 4).sft_step_s is None  # timing is asked for (the command does; --no-time does not)
+    lines = _lines(plan(spec, sample=sample, bulk_docs=100))
+    assert lines["label"]["rate_per_s"] == pytest.approx(sample.score_docs_per_s)
+    assert "measured here" in lines["label"]["source"]
+    assert lines["teacher: SFT warm start"]["rate_per_s"] == pytest.approx(1 / sample.sft_step_s)
+    assert "measured here" in lines["student: SFT"]["source"]
+    slow = _lines(plan(spec, sample=replace(sample, score_docs_per_s=sample.score_docs_per_s / 2,
+                                            sft_step_s=2 * sample.sft_step_s), bulk_docs=100))
+    for stage in ("label", "teacher: evaluations", "teacher: SFT warm start", "student: SFT"):
+        assert slow[stage]["rate_per_s"] == pytest.approx(lines[stage]["rate_per_s"] / 2), stage
+    assert slow["teacher: GRPO"]["rate_per_s"] < lines["teacher: GRPO"]["rate_per_s"]
+    assert slow["bulk"]["rate_per_s"] <= lines["bulk"]["rate_per_s"]
+    assert "base model here: scores" in "\n".join(plan(spec, sample=sample)["measured"])
