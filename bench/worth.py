@@ -40,14 +40,16 @@ GAINS = {"teacher_minus_baseline": ("teacher", "baseline"), "student_minus_basel
 
 
 def worth(corpus: str, layout: lake.Layout, *, profile: str = "demo", limit: int | None = None,
-          heldout: str | Path = HELDOUT) -> dict:
-    """One corpus: every arm on the same documents, the paired gains and the targets."""
+          heldout: str | Path = HELDOUT, spec_path: str | Path | None = None) -> dict:
+    """One corpus: every arm on the same documents, the paired gains and the targets. `spec_path`:
+    another task on that corpus (e.g. one `distillery init` wrote) instead of the one in CORPORA."""
     from distillery.evaluate import seed_items
     from distillery.spec import load_spec
 
     started = time.perf_counter()
     cfg = CORPORA[corpus]
-    spec = load_spec(cfg["spec"], profile=profile)
+    spec_path = str(spec_path or cfg["spec"])
+    spec = load_spec(spec_path, profile=profile)
     outputs = {stage: common.stage_outputs(spec, stage, layout, cfg["run"])
                for stage in ("ingest", "seed", "teacher", "student")}
     train = seed_items(spec, outputs["seed"]["seed_labels"], outputs["ingest"]["documents"], "train")
@@ -59,7 +61,7 @@ def worth(corpus: str, layout: lake.Layout, *, profile: str = "demo", limit: int
               "student": outputs["student"]["model"]}
     scored = score_arms(spec, items, train, models)
     return {"docs": len(items), **scored, "targets": targets(scored, cfg["margin"]), "missing": missing,
-            "task": spec.name, "spec": cfg["spec"], "seconds": time.perf_counter() - started,
+            "task": spec.name, "spec": spec_path, "seconds": time.perf_counter() - started,
             **common.machine(torch_threads=True)}
 
 
@@ -138,12 +140,17 @@ def main(argv: list[str] | None = None) -> None:
                          "the result still goes to --out")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N documents of each corpus")
     ap.add_argument("--heldout", default=HELDOUT, help="texlive_dev: the held-out labels (document,answer)")
+    ap.add_argument("--spec", default=None, help="with one --corpus: the task spec whose teacher and student to "
+                                                 "score (default: the corpus's own spec)")
     args = ap.parse_args(argv)
+    if args.spec and args.corpus == "all":
+        ap.error("--spec names the task of one corpus: give --corpus too")
     layout = lake.Layout.at(args.home)
     path = common.result_path("worth", args.out, args.profile)
     result = json.loads(path.read_text()) if path.exists() else {}
     for corpus in CORPORA if args.corpus == "all" else [args.corpus]:
-        result[corpus] = worth(corpus, layout, profile=args.profile, limit=args.limit, heldout=args.heldout)
+        result[corpus] = worth(corpus, layout, profile=args.profile, limit=args.limit, heldout=args.heldout,
+                               spec_path=args.spec)
         print(f"{corpus}: " + ", ".join(f"{arm} {result[corpus][arm]['top1']:.3f}"
                                         for arm in ("baseline", "base", "teacher", "student"))
               + f"; targets {result[corpus]['targets']}")

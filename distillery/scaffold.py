@@ -65,15 +65,17 @@ def _unmatched(documents: list[str], pdfs: Path) -> list[str]:
 
 
 def render_spec(*, name: str, source: str, seeds: str, base: str, labels: list[str], documents: int,
-                n_seeds: int) -> str:
+                n_seeds: int, shown: str | None = None) -> str:
+    """The spec's text; `shown` is the spec's path as the header's commands name it (where init ran)."""
+    shown = shown or f"{name}.yaml"
     q = json.dumps  # a JSON string is a valid YAML double-quoted scalar
     label_lines = "\n".join(f"    - {{name: {q(label)}, description: \"\"}}" for label in labels)
     top_k = min(3, len(labels))
     limit = max(1, min(documents - n_seeds, LABEL_CAP))
     why = f"all {documents} PDFs minus the seeds" + (f", at most {LABEL_CAP}" if documents - n_seeds > LABEL_CAP else "")
     return f"""# The task spec of {name!r}, written by `distillery init`. Run it with:
-#   distillery plan {name}.yaml     (what the run will cost)
-#   distillery run {name}.yaml      (every stage; `--until seed` stops early, e.g. to check the seed file)
+#   distillery plan {shown}     (what the run will cost)
+#   distillery run {shown}      (every stage; `--until seed` stops early, e.g. to check the seed file)
 # Relative paths here (source, seeds.path, models, bulk.source) are relative to this file's folder.
 # Every field is documented in distillery/spec.py.
 name: {name}
@@ -151,7 +153,9 @@ def init_task(folder: Path, pdfs: Path, seeds: Path, *, name: str | None = None,
     if path.exists() and not force:
         raise DistilleryError(f"{path} exists: pass --force to write over it, or --name to write another")
     base = base or REPO / "models" / "base"
+    shown = _relative(path, Path.cwd())  # the commands in its header, as typed where init ran
     path.write_text(render_spec(name=name, source=_relative(pdfs, folder), seeds=_relative(seeds, folder),
-                                base=_relative(base, folder), labels=labels, documents=documents, n_seeds=n_seeds))
+                                base=_relative(base, folder), labels=labels, documents=documents, n_seeds=n_seeds,
+                                shown=shown if not shown.startswith("../") else str(path.resolve())))
     return path, {"labels": labels, "documents": documents, "seeds": n_seeds,
                   "unmatched": _unmatched(seed_docs, pdfs)}

@@ -77,13 +77,15 @@ def test_init_writes_a_spec_that_loads_from_anywhere_and_finds_every_seed(tmp_pa
     from distillery.spec import load_spec
 
     labels = _folder_of_pdfs(tmp_path)
-    assert main(["init", str(tmp_path / "task"), "--pdfs", str(tmp_path / "pdfs"),
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "task", "--pdfs", str(tmp_path / "pdfs"),
                  "--seeds", str(tmp_path / "sheets" / "seeds.csv"), "--name", "cases"]) == 0
     out = capsys.readouterr().out
     assert "9 PDFs, 6 seed rows" in out and "warning" not in out
     path = tmp_path / "task" / "cases.yaml"
     text = path.read_text()
     assert "source: ../pdfs" in text and "path: ../sheets/seeds.csv" in text  # relative to the spec
+    assert "#   distillery run task/cases.yaml " in text  # its header's commands work where init ran
     monkeypatch.chdir(tmp_path / "sheets")
     spec = load_spec(path, profile="demo")
     assert spec.name == "cases" and spec.output.labels == labels

@@ -133,3 +133,19 @@ def test_missing_held_out_labels_say_which_option_to_pass(task, tiny_corpora, tm
 
     with pytest.raises(DistilleryError, match="pass --heldout"):
         worth.worth("texlive_dev", lake.Layout.at(task["home"]), heldout=tmp_path / "none.csv")
+
+
+def test_spec_scores_another_task_on_the_corpus(task, tmp_path, capsys):
+    """`--spec`: the task a user wrote with `distillery init` for the same corpus, not the bundled one."""
+    ok = [r for r in task["truth"] if r["verdict"] == "ok"][-3:]
+    heldout = tmp_path / "heldout.csv"
+    heldout.write_text("document,answer\n" + "".join(f"{r['file']},{r['label']}\n" for r in ok))
+    spec = str(task["tmp"] / "tiny.yaml")
+    with pytest.raises(SystemExit):
+        worth.main(["--corpus", "all", "--spec", spec, "--home", str(task["home"])])
+    assert "give --corpus too" in capsys.readouterr().err
+    worth.main(["--corpus", "texlive_dev", "--spec", spec, "--home", str(task["home"]),
+                "--heldout", str(heldout), "--out", str(tmp_path)])
+    run = json.loads((tmp_path / "worth.json").read_text())["texlive_dev"]
+    assert run["spec"] == spec and run["task"] == task["spec"].name and run["docs"] == 3
+    assert run["teacher"]["model"] == str(task["tmp"] / "teacher")
