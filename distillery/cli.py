@@ -77,7 +77,7 @@ def _plan(args) -> int:
     spec = load_spec(args.spec, args.profile)
     if not args.no_measure:
         print(f"measuring: {args.sample} PDFs extracted and their prompts tokenized"
-              + ("" if args.no_time else ", the base model timed on them (a minute at most on a CPU; --no-time skips)"),
+              + ("" if args.no_time else ", the base model timed on them (about a minute for 600-token prompts on 2 CPU cores; --no-time skips)"),
               file=sys.stderr)
     sample = None if args.no_measure else measure(spec, args.sample, time_model=not args.no_time)
     result = plan(spec, bulk_docs=args.docs, speedup=args.speedup, root=args.home, sample=sample)
