@@ -149,18 +149,18 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
     own = runs.get("teacher", {}).get("metrics", {}).get("sft", {})
     rft = b["rft"].get("rft", {})
     bench_batch = b["rft"].get("sft", {}).get("batch_size") or cfg.sft.batch_size
-    # Benchmark SFT steps per second at this spec's prompt length; a step's time grows with its batch.
+    # Seconds per example of an SFT step on this spec's prompts (a step's time grows with its batch):
+    # the step measured here, else the benchmark's scaled by tokens per prompt.
     bench_step = rft["sft_seconds"] / rft["sft_steps"] if rft.get("sft_seconds") and rft.get("sft_steps") else None
-    bench_sft = 1 / bench_step / ratio if bench_step else None
+    bench_per_example = bench_step / bench_batch if bench_step else None
     timed = sample.sft_step_s if sample else None
-    train_ratio = timed / cfg.sft.batch_size / (bench_step / bench_batch) if timed and bench_step else None
-    if timed:  # one step measured here at this batch size: the benchmark's rate at this spec's cost
-        bench_sft = cfg.sft.batch_size / (timed * bench_batch)
+    per_example = timed / cfg.sft.batch_size if timed else bench_per_example * ratio if bench_per_example else None
+    train_ratio = per_example / bench_per_example if timed and bench_per_example else None
     sft_rate, source = rate_from(
         (own.get("steps", 0) / own["seconds"] if own.get("seconds") else None, "latest teacher run (SFT warm start)"),
-        (1 / timed if timed else None, f"measured here: one SFT step on {cfg.sft.batch_size} sample examples"),
-        (bench_sft * bench_batch / cfg.sft.batch_size if bench_sft else None,
-         f"{where['rft']} (SFT warm start{scaled} x batch {bench_batch}/{cfg.sft.batch_size})"))
+        (1 / (per_example * cfg.sft.batch_size) if per_example else None,
+         f"measured here: one SFT step on {cfg.sft.batch_size} sample examples" if timed
+         else f"{where['rft']} (SFT warm start{scaled} x batch {bench_batch}/{cfg.sft.batch_size})"))
     lines.append(Line("teacher: SFT warm start", sft_steps, "steps", sft_rate, source))
 
     g = cfg.grpo
@@ -209,7 +209,7 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
     rate, source = rate_from(
         (train["steps"] / train["seconds"] if train.get("steps") and train.get("seconds") else None,
          f"latest student run ({trained} labels)" if trained else "latest student run"),
-        (bench_sft * bench_batch / s.batch_size / cost if bench_sft else None, f"{basis}; {cost_note}"))
+        (1 / (per_example * s.batch_size * cost) if per_example else None, f"{basis}; {cost_note}"))
     lines.append(Line("student: SFT", student_steps, "steps", rate, source))
 
     if bulk_docs is not None or not spec.bulk:
