@@ -217,9 +217,7 @@ def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, ru
     if spec.teacher.grpo.steps > 0:
         grpo_started = time.perf_counter()
         steps, history = run_grpo(spec, start, grpo_items, val, out)
-        done = steps.loc[steps["split"] == "train", "step"]
-        metrics["grpo"] = {"steps": int(done.max()) if len(done) else 0,  # validation passes included
-                           "seconds": time.perf_counter() - grpo_started}
+        metrics["grpo"] = {"steps": _grpo_steps(steps), "seconds": time.perf_counter() - grpo_started}  # validation in
         shutil.rmtree(start)
     else:
         steps, history = pd.DataFrame(columns=["step", "split"]), []
@@ -240,8 +238,14 @@ def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, ru
     if plot:
         outputs["reward_curve"] = str(plot)
     counts = {"train": len(train), "validation": len(val), "heldout": len(heldout),
-              "grpo_steps": int(steps.loc[steps["split"] == "train", "step"].max()) if (steps["split"] == "train").any() else 0}
+              "grpo_steps": _grpo_steps(steps)}
     return lake.StageResult("teacher", run_id, outputs, counts, metrics, time.perf_counter() - started)
+
+
+def _grpo_steps(steps: pd.DataFrame) -> int:
+    """GRPO steps taken: the last training step logged (0 without GRPO)."""
+    done = steps.loc[steps["split"] == "train", "step"]
+    return int(done.max()) if len(done) else 0
 
 
 def reward_curve(steps: pd.DataFrame, path: Path) -> Path | None:
