@@ -75,11 +75,12 @@ def _plan(args) -> int:
     from distillery.spec import load_spec
 
     spec = load_spec(args.spec, args.profile)
+    sample = None
     if not args.no_measure:
         print(f"measuring: {args.sample} PDFs extracted and their prompts tokenized"
               + ("" if args.no_time else ", the base model timed on them (about a minute for 600-token prompts on 2 CPU cores; --no-time skips)"),
               file=sys.stderr)
-    sample = None if args.no_measure else measure(spec, args.sample, time_model=not args.no_time)
+        sample = measure(spec, args.sample, time_model=not args.no_time)
     result = plan(spec, bulk_docs=args.docs, speedup=args.speedup, root=args.home, sample=sample)
     print(render(result, gpu=args.speedup != 1.0, last=compare_last(args.home, spec.name)))
     remember(result, args.home)

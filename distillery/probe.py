@@ -45,11 +45,16 @@ def count_documents(spec: TaskSpec, source: str | None) -> int:
     return sum(1 for _ in list_pdfs(source_of(spec, source)))
 
 
+def _base(spec: TaskSpec) -> str:
+    """The base model as a folder (relative to the spec) when it is one, else as named (an HF id)."""
+    base = spec.path(spec.models.base)
+    return str(base) if base.exists() else spec.models.base
+
+
 def _tokenizer(spec: TaskSpec):
     from distillery.models import load_tokenizer
 
-    base = spec.path(spec.models.base)
-    return load_tokenizer(str(base) if base.exists() else spec.models.base)
+    return load_tokenizer(_base(spec))
 
 
 def measure(spec: TaskSpec, n: int = 20, *, time_model: bool = False) -> Sample:
@@ -107,8 +112,7 @@ def time_base_model(spec: TaskSpec, texts: list[str], sample: Sample) -> None:
     from distillery.inference import TransformersBackend
     from distillery.models import load_model
 
-    base = spec.path(spec.models.base)
-    name = str(base) if base.exists() else spec.models.base
+    name = _base(spec)
     try:
         model, tokenizer = load_model(name)
     except (OSError, ValueError) as err:

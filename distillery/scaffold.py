@@ -154,8 +154,9 @@ def init_task(folder: Path, pdfs: Path, seeds: Path, *, name: str | None = None,
         raise DistilleryError(f"{path} exists: pass --force to write over it, or --name to write another")
     base = base or REPO / "models" / "base"
     shown = _relative(path, Path.cwd())  # the commands in its header, as typed where init ran
+    shown = str(path.resolve()) if shown.startswith("../") else shown
     path.write_text(render_spec(name=name, source=_relative(pdfs, folder), seeds=_relative(seeds, folder),
                                 base=_relative(base, folder), labels=labels, documents=documents, n_seeds=n_seeds,
-                                shown=shown if not shown.startswith("../") else str(path.resolve())))
+                                shown=shown))
     return path, {"labels": labels, "documents": documents, "seeds": n_seeds,
                   "unmatched": _unmatched(seed_docs, pdfs)}
