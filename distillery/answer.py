@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -68,17 +69,29 @@ def score_answers(spec: TaskSpec, backend, texts: list[str], *,
     Extraction: the JSON skeleton forced and each field's value decoded over the tokens its type
     allows (`constrained.decode`); the row holds one number, the decoding's confidence.
     """
+    if is_probability_model(backend):  # a committee or a probability-model student: no prompt to render
+        probs = np.asarray(backend.probabilities(texts), dtype=float).reshape(len(texts), len(spec.output.labels))
+        return ranked_answers(spec, probs), probs.tolist()
     prompts = [render_prompt(t, spec, backend.tokenizer) for t in texts]
     if not isinstance(spec.output, ClassificationOutput):  # extraction: the JSON skeleton forced, values typed
         decoded = backend.extract(prompts, spec.output)
         return [Answer("ok", value=value) for value, _ in decoded], [[confidence] for _, confidence in decoded]
     labels = list(spec.output.labels)
     probs = backend.score_labels(prompts, labels, first_token=first_token_scoring(spec, backend.tokenizer, student=student))
-    answers = []
-    for row in probs:
-        order = row.argsort(descending=True)[: spec.output.top_k].tolist()
-        answers.append(Answer("ok", ranked=[labels[i] for i in order]))
-    return answers, probs.tolist()
+    rows = probs.tolist()
+    return ranked_answers(spec, np.asarray(rows)), rows
+
+
+def is_probability_model(model) -> bool:
+    """A model behind the members' contract (`probabilities(texts)`), rather than a causal LM backend."""
+    return hasattr(model, "probabilities")
+
+
+def ranked_answers(spec: TaskSpec, probs: np.ndarray) -> list[Answer]:
+    """The top-k labels of each probability row, most probable first (ties keep the label order)."""
+    labels = list(spec.output.labels)
+    return [Answer("ok", ranked=[labels[i] for i in np.argsort(-row, kind="stable")[: spec.output.top_k]])
+            for row in probs]
 
 
 def constrained(spec: TaskSpec) -> bool:
@@ -89,7 +102,7 @@ def constrained(spec: TaskSpec) -> bool:
 def label_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, run_id: str) -> list[dict]:
     """The teacher's label row per document (LABEL_SCHEMA): raw output, parsed answer, confidence."""
     method = "score_labels" if isinstance(spec.output, ClassificationOutput) else "extract"
-    if constrained(spec) and hasattr(backend, method):
+    if is_probability_model(backend) or (constrained(spec) and hasattr(backend, method)):
         return _scored_rows(spec, backend, docs, model_id=model_id, run_id=run_id)
     reasoning = spec.teacher.reasoning
     prompts = [render_prompt(d["text"], spec, backend.tokenizer, reasoning=reasoning) for d in docs]
@@ -111,6 +124,12 @@ def _scored_rows(spec: TaskSpec, backend, docs: list[dict], *, model_id: str, ru
     with that probability row kept (`probs`, JSON; the class prior is estimated from it), or the JSON
     object decoded under the schema."""
     answers, probs = score_answers(spec, backend, [d["text"] for d in docs])
+    return answer_rows(spec, docs, answers, probs, model_id=model_id, run_id=run_id)
+
+
+def answer_rows(spec: TaskSpec, docs: list[dict], answers: list[Answer], probs: list[list[float]], *,
+                model_id: str, run_id: str) -> list[dict]:
+    """Label rows (LABEL_SCHEMA) of answers under the schema and their probability rows."""
     phash = prompt_hash(spec, False)
     values = [a.ranked if a.value is None else a.value for a in answers]
     classify = isinstance(spec.output, ClassificationOutput)

@@ -34,22 +34,28 @@ def skipped(spec: TaskSpec, train: list[dict]) -> str | None:
 
 
 class Baseline:
-    """A fitted TF-IDF + logistic regression over the spec's label set."""
+    """TF-IDF + logistic regression over the spec's label set; the committee's `tfidf` member."""
 
-    def __init__(self, spec: TaskSpec, train: list[dict]):
+    name = "tfidf"
+
+    def __init__(self, spec: TaskSpec):
+        self.spec, self.labels = spec, list(spec.output.labels)
+        self.model, self.only = None, None
+
+    def fit(self, train: list[dict]) -> "Baseline":
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
 
-        self.spec, self.labels = spec, list(spec.output.labels)
-        texts = [document_text(it["text"], spec) for it in train]
-        answers = [it["answer"] for it in train]
+        texts = [document_text(it["text"], self.spec) for it in train]
+        answers = [gold(it["answer"]) for it in train]
         self.only = answers[0] if len(set(answers)) == 1 else None  # one class: logistic regression cannot fit
         self.model = None
         if self.only is None:
             self.model = Pipeline([("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
                                    ("lr", LogisticRegression(C=10, max_iter=2000))])
             self.model.fit(texts, answers)
+        return self
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """P(label | document window), one row per text, columns in the spec's label order (0 for a
@@ -67,16 +73,20 @@ class Baseline:
 
     def answer(self, texts: list[str]) -> tuple[list[Answer], list[list[float]]]:
         """A ranked top-k answer and a probability row per text (ties keep the label order)."""
+        from distillery.answer import ranked_answers
+
         probs = self.probabilities(texts)
-        top_k = self.spec.output.top_k
-        answers = [Answer("ok", ranked=[self.labels[i] for i in np.argsort(-row, kind="stable")[:top_k]])
-                   for row in probs]
-        return answers, probs.tolist()
+        return ranked_answers(self.spec, probs), probs.tolist()
 
 
 def fit(spec: TaskSpec, train: list[dict]) -> Baseline:
     """The baseline fitted on `train` (seed items with `text` and `answer`): the train split only."""
-    return Baseline(spec, train)
+    return Baseline(spec).fit(train)
+
+
+def gold(answer) -> str:
+    """The label an item is trained on: the answer, or the first of a ranked answer."""
+    return answer[0] if isinstance(answer, list) and answer else answer
 
 
 def evaluate(spec: TaskSpec, train: list[dict], items: list[dict]) -> tuple[pd.DataFrame, dict]:

@@ -29,13 +29,15 @@ from typing import Callable, ClassVar, Mapping
 
 import json
 
+import numpy as np
 import pyarrow as pa
 
 from distillery import lake, prior
-from distillery.answer import LABEL_SCHEMA as SCHEMA, constrained, grade_label_rows, label_rows
+from distillery.answer import LABEL_SCHEMA as SCHEMA, answer_rows, constrained, grade_label_rows, label_rows, \
+    ranked_answers
 from distillery.errors import DistilleryError
 from distillery.evaluate import calibration, seed_items, summarize
-from distillery.inference import make_backend
+from distillery.members import load_labeler
 from distillery.spec import ClassificationOutput, TaskSpec
 
 
@@ -87,7 +89,7 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
     done = done_hashes(shards)
     todo = [d for d in todo_all if d["sha256"] not in done]
     model_id = f"{teacher}@{lake.hash_model(teacher)}"
-    backend = make_backend(str(teacher), kind=spec.label.backend, batch_size=spec.label.batch_size)
+    backend = load_labeler(teacher, batch_size=spec.label.batch_size, backend=spec.label.backend)
     labeling_started = time.perf_counter()
     n_shard = len(list(shards.glob("*.parquet"))) if shards.exists() else 0
     for start in range(0, len(todo), spec.label.shard_size):
@@ -99,7 +101,7 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
             on_progress(len(done) + start + len(chunk), len(todo_all))
     seconds = time.perf_counter() - labeling_started
     items = seed_items(spec, seeds, documents, "heldout")
-    teacher_heldout = label_rows(spec, backend, items, model_id=model_id, run_id="") if items else []
+    teacher_heldout = seed_rows(spec, backend, items, model_id=model_id)
     calibration_set = validation_probs(spec, backend, seeds, documents, model_id=model_id)
     table, corpus, machine_labels, heldout = prior_pass(spec, shards, seeds, out, teacher_heldout, calibration_set)
     evaluation = grade_label_rows(spec, items, heldout).assign(probs=[r.get("probs") for r in heldout])
@@ -131,8 +133,24 @@ def validation_probs(spec: TaskSpec, backend, seeds: Path, documents: Path, *,
         return [], []
     labels = list(spec.output.labels)
     items = [it for it in seed_items(spec, seeds, documents, "validation") if _gold(it["answer"]) in labels]
-    rows = label_rows(spec, backend, items, model_id=model_id, run_id="") if items else []
+    rows = seed_rows(spec, backend, items, model_id=model_id)
     return [json.loads(r["probs"]) for r in rows], [labels.index(_gold(it["answer"])) for it in items]
+
+
+def seed_rows(spec: TaskSpec, backend, items: list[dict], *, model_id: str) -> list[dict]:
+    """Label rows for seed items. A committee was refitted on every seed, so it answers with its
+    out-of-fold rows (`Committee.out_of_fold`), never in-sample; another model labels them as it
+    labels documents."""
+    if not items:
+        return []
+    held = getattr(backend, "out_of_fold", None)
+    if held is None:
+        return label_rows(spec, backend, items, model_id=model_id, run_id="")
+    missing = [it["sha256"][:12] for it in items if it["sha256"] not in held]
+    if missing:
+        raise DistilleryError(f"the committee has no out-of-fold row for seed(s) {missing}: rerun `make teacher`")
+    rows = [held[it["sha256"]] for it in items]
+    return answer_rows(spec, items, ranked_answers(spec, np.asarray(rows)), rows, model_id=model_id, run_id="")
 
 
 def _gold(answer) -> str:

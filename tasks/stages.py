@@ -23,10 +23,10 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.states import Failed
 from prefect.tasks import exponential_backoff
 
-from distillery import bulk, ingest, label, lake, report, seed, sources, student, teacher
+from distillery import bulk, encoder, ingest, label, lake, report, seed, sources, student, teacher
 from distillery.errors import NotPromoted, StageInputMissing, TransientError
 from distillery.lake import Layout, StageResult
-from distillery.spec import TaskSpec
+from distillery.spec import ClassificationOutput, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,23 @@ class Stage:
         return self.module.Inputs.reads
 
 
+def _encoder(spec: TaskSpec) -> dict[str, str]:
+    """The sentence encoder's identity, for the stages that may use it (classification)."""
+    if not isinstance(spec.output, ClassificationOutput):
+        return {}
+    return {"encoder": lake.hash_model(encoder.resolve(spec.models.encoder, spec.root))}
+
+
 INGEST = Stage("ingest", ingest, 1, ("source", "ingest"), ("documents", "quarantine"),
                lambda spec: {"pdfs": sources.source_hash(spec.path(spec.source))})
 SEED = Stage("seed", seed, 1, ("seeds", "output"), ("seed_labels",),
              lambda spec: {"seed_file": lake.hash_files([spec.path(spec.seeds.path)])})
-TEACHER = Stage("teacher", teacher, 4, ("output", "prompts", "grader", "models", "teacher", "seed"),
+TEACHER = Stage("teacher", teacher, 5, ("output", "prompts", "grader", "models", "teacher", "seed"),
                 ("teacher_eval", "teacher_metrics"),
-                lambda spec: {"base_model": lake.hash_model(spec.path(spec.models.base))})
-LABEL = Stage("label", label, 3, ("output", "prompts", "label", "teacher"), ("machine_labels", "label_eval"))
-STUDENT = Stage("student", student, 3, ("output", "prompts", "models", "student", "seed"), ("student_eval",),
-                lambda spec: {"student_model": lake.hash_model(spec.path(spec.models.student))})
+                lambda spec: {"base_model": lake.hash_model(spec.path(spec.models.base)), **_encoder(spec)})
+LABEL = Stage("label", label, 4, ("output", "prompts", "label", "teacher"), ("machine_labels", "label_eval"))
+STUDENT = Stage("student", student, 4, ("output", "prompts", "models", "student", "seed"), ("student_eval",),
+                lambda spec: {"student_model": lake.hash_model(spec.path(spec.models.student)), **_encoder(spec)})
 STAGES = {s.name: s for s in (INGEST, SEED, TEACHER, LABEL, STUDENT)}
 BULK_VERSION, BULK_SECTIONS = 3, ("bulk", "ingest", "prompts", "output")
 

@@ -75,15 +75,36 @@ def invoice_spec(invoice_raw) -> TaskSpec:
     return parse_spec(invoice_raw, root=CLINICAL_YAML.parent)
 
 
+_TINY_ENCODER: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory):
+    """A data root for what module- and session-scoped fixtures write (each test then gets its own)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILLERY_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A random 2-layer sentence encoder with the embedded model's tokenizer (built once a session)."""
+    from distillery.encoder import tiny_encoder
+
+    if not _TINY_ENCODER:
+        _TINY_ENCODER.append(tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny"))
+    return _TINY_ENCODER[0]
+
+
 def quick_stages(spec: TaskSpec, student_base, *, layers: int, **label) -> TaskSpec:
     """`spec` made to run its stages in seconds on tiny models: one ingest worker, label batches of 8
     (plus `label` settings), a student of `layers` layers from `student_base` trained for 2 steps."""
     return spec.model_copy(update={
         "label": spec.label.model_copy(update={"batch_size": 8, **label}),
         "ingest": spec.ingest.model_copy(update={"workers": 1}),
-        "models": spec.models.model_copy(update={"student": str(student_base)}),
+        "models": spec.models.model_copy(update={"student": str(student_base), "encoder": str(_TINY_ENCODER[0])}),
         "student": spec.student.model_copy(update={
-            "layers": layers, "sft": spec.student.sft.model_copy(update={"max_steps": 2, "batch_size": 4})}),
+            "kind": "lm", "layers": layers, "sft": spec.student.sft.model_copy(update={"max_steps": 2, "batch_size": 4})}),
     })
 
 

@@ -95,7 +95,7 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def taught(tmp_path_factory, tiny):
     """A teacher stage on 60 case reports, 50 seeds (30 train, 10 validation, 10 held-out), a random tiny
-    base, SFT for 2 steps and no GRPO; every text the baseline was fitted on is recorded."""
+    base, SFT for 2 steps and no GRPO, the LLM its one member; every text the baseline was fitted on is recorded."""
     from sklearn.pipeline import Pipeline
 
     from conftest import CLINICAL_YAML
@@ -110,7 +110,7 @@ def taught(tmp_path_factory, tiny):
         "models": clinical.models.model_copy(update={"base": str(tiny), "student": str(tiny)}),
         "teacher": clinical.teacher.model_copy(update={
             "sft": clinical.teacher.sft.model_copy(update={"max_steps": 2, "batch_size": 4}),
-            "grpo": clinical.teacher.grpo.model_copy(update={"steps": 0})})})
+            "grpo": clinical.teacher.grpo.model_copy(update={"steps": 0}), "members": ["llm"]})})
     docs = ingest.ingest(spec, out=tmp / "ingest").path("documents")
     seeds = seed.import_seeds(spec, docs, out=tmp / "seed").path("seed_labels")
     fitted: list[list[str]] = []
@@ -139,7 +139,7 @@ def test_the_teacher_stage_scores_the_baseline_beside_base_and_teacher_in_the_ca
     spec, _, _, result, _ = taught
     rows = lake.read_table(result.path("teacher_eval")).to_pandas()
     by_model = {m: set(r["sha256"]) for m, r in rows.groupby("model")}
-    assert set(by_model) == {"base", "baseline", "teacher"} and by_model["baseline"] == by_model["teacher"]
+    assert set(by_model) == {"base", "baseline", "llm", "teacher"} and by_model["baseline"] == by_model["teacher"]
     lake.register(lake.home(), spec.name, result, cache_key="k", config_hash="c", inputs={}, started_at=lake.now(),
                   views={"teacher_eval": [result.outputs["teacher_eval"]]})
     top1 = dict(lake.query(None, "SELECT model, avg(top1::INT) FROM teacher_eval GROUP BY model"))

@@ -185,7 +185,7 @@ def test_sigkill_during_student_training_then_rerun_gives_a_whole_student(corpus
 
     spec, docs, seeds = corpus
     spec = spec.model_copy(update={"models": spec.models.model_copy(update={"student": str(teacher)}),
-                                   "student": spec.student.model_copy(update={
+                                   "student": spec.student.model_copy(update={"kind": "lm",
                                        "sft": spec.student.sft.model_copy(update={"max_steps": 6, "batch_size": 4})})})
     labels = label.machine_label(spec, teacher, docs, seeds, out=tmp_path / "label").path("machine_labels")
     out = tmp_path / "student"

@@ -7,7 +7,7 @@ from pathlib import Path
 from distillery import pdf
 from distillery.bulk.labeling import extract_options, label_fields
 from distillery.bulk.ledger import Run
-from distillery.inference import TransformersBackend
+from distillery.members import load_labeler
 from distillery.spec import TaskSpec
 
 
@@ -19,7 +19,7 @@ def events(spec: TaskSpec, student: Path, items, run: Run):
     nothing), and workers hash each file first and skip the ones done before without extracting.
     """
     cfg, workers = spec.bulk, spec.ingest.workers
-    backend = TransformersBackend(str(student), batch_size=cfg.batch_size)
+    backend = load_labeler(student, batch_size=cfg.batch_size, backend="transformers")
     window = max(64, 4 * cfg.batch_size, 8 * workers)
     with pdf.worker_pool(workers, run.seen) as pool:
         files = pdf.extract_in(pool, items, window=window, ordered=False, **extract_options(spec))

@@ -80,10 +80,10 @@ class Labeler:
     """The student on one replica: label fields for the ok rows; the text stays on the cluster."""
 
     def __init__(self, spec_json: str, student: str):
-        from distillery.inference import TransformersBackend
+        from distillery.members import load_labeler
 
         self.spec = TaskSpec.model_validate_json(spec_json)
-        self.backend = TransformersBackend(student, batch_size=self.spec.bulk.batch_size)
+        self.backend = load_labeler(student, batch_size=self.spec.bulk.batch_size, backend="transformers")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

@@ -26,6 +26,23 @@ def _accuracy_row(model: str, r) -> list:
     return [model, n, r["top1"].mean(), f"{lo:.2f}–{hi:.2f}", r["score"].fillna(0).mean(), parsed]
 
 
+def committee_table(board: dict) -> str:
+    """The teacher's committee on the seeds: each member's out-of-fold top-1 and its weight, then the
+    committee's own (nested) figure, and what the LLM added, in one sentence."""
+    def ci(a: dict) -> str:
+        return f"{a['ci95'][0]:.2f}–{a['ci95'][1]:.2f}" if a.get("ci95") else ""
+
+    names = {"tfidf": "tfidf (the baseline, fitted on the same seeds)", "encoder": "encoder", "llm": "llm (RFT)"}
+    rows = [[names.get(m, m), a["n"], a["top1"], ci(a), a["weight"], a["temperature"]]
+            for m, a in board["members"].items()]
+    c = board["committee"]
+    rows.append(["committee", c["n"], c["top1"], ci(c), 1.0, ""])
+    return (note(f"The teacher is a committee, weighted on out-of-fold predictions over all {board['seeds']} seeds "
+                 f"({board['folds']} folds; the LLM on the seeds outside its train split). Top-1 out of fold:")
+            + table(["member", "seeds", "top-1", "top-1 95% CI", "weight", "temperature"], rows)
+            + note(board["llm_added"][0].upper() + board["llm_added"][1:] + "."))
+
+
 def section_accuracy(spec: TaskSpec, run: Run) -> Raw:
     sets = eval_sets(run)
     rows = [_accuracy_row(model, r) for model, r in sets]
@@ -45,6 +62,9 @@ def section_accuracy(spec: TaskSpec, run: Run) -> Raw:
         parts.append(note(f"Student trained on {student.metrics['trained_on']} machine labels "
                           f"({student.metrics.get('filtered_out', 0)} filtered out below confidence "
                           f"{spec.student.min_confidence})."))
+    teacher = run.get("teacher")
+    if teacher and teacher.metrics.get("committee"):
+        parts.append(committee_table(teacher.metrics["committee"]))
     for stage in ("teacher", "student"):
         if not run.get(stage):
             parts.append(not_run(f"{stage} stage"))

@@ -1,0 +1,175 @@
+"""Models that stand in for each other: one contract, `fit(items) -> self`, `probabilities(texts)`.
+
+Teacher members (`llm`, `encoder`, `tfidf`) and the probability-model student kinds share it, as
+scikit-learn's estimators share `fit` and `predict_proba`: a row per text, columns in the spec's
+label order, summing to 1. The committee, labeling, the student gate and bulk only ever call the
+contract, so a new member is one class and one line in `MEMBERS`. A fitted model of this kind is
+saved as one pickle in a folder (`save` / `load_labeler`); what cannot pickle (a torch model, a
+sentence encoder) is dropped on the way and reloaded from its path where it is used next.
+
+- `tfidf`: the baseline (`baseline.Baseline`): word 1-2 grams, logistic regression, C=10.
+- `encoder`: the embedded sentence encoder (`encoder.py`), frozen, with a logistic regression on its
+  normalised embeddings (C=10: what the measurement on texlive_dev used).
+- `llm`: the RFT model, scoring the label set after the `Answer:` prefill (`answer.score_answers`);
+  `fit` is the SFT warm start, the teacher stage adds GRPO before it joins the committee.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from distillery.baseline import Baseline, gold
+from distillery.encoder import Encoder
+from distillery.prompts import document_text
+from distillery.spec import ClassificationOutput, TaskSpec
+
+LABELER_FILE = "labeler.pkl"
+
+
+class Member(Protocol):
+    name: str
+
+    def fit(self, items: list[dict]) -> "Member": ...
+
+    def probabilities(self, texts: list[str]) -> np.ndarray: ...
+
+
+def in_label_order(labels: list[str], classes, probs: np.ndarray) -> np.ndarray:
+    """Columns of a classifier's `predict_proba` (its `classes_`) placed in the spec's label order."""
+    out = np.zeros((len(probs), len(labels)))
+    for j, label in enumerate(classes):
+        out[:, labels.index(label)] = probs[:, j]
+    return out
+
+
+class EncoderMember:
+    """Frozen sentence embeddings of the document window + logistic regression."""
+
+    name = "encoder"
+
+    def __init__(self, spec: TaskSpec, encoder: Encoder, *, C: float = 10.0):
+        self.spec, self.encoder, self.C = spec, encoder, C
+        self.labels = list(spec.output.labels)
+        self.head, self.only = None, None
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.embed([document_text(t, self.spec) for t in texts])
+
+    def fit(self, items: list[dict]) -> "EncoderMember":
+        from sklearn.linear_model import LogisticRegression
+
+        answers = [gold(it["answer"]) for it in items]
+        self.only = answers[0] if len(set(answers)) == 1 else None
+        self.head = None
+        if self.only is None:
+            self.head = LogisticRegression(C=self.C, max_iter=5000).fit(self.features([it["text"] for it in items]),
+                                                                         answers)
+        return self
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        if self.only is not None or not texts:
+            out = np.zeros((len(texts), len(self.labels)))
+            if self.only is not None:
+                out[:, self.labels.index(self.only)] = 1.0
+            return out
+        return in_label_order(self.labels, self.head.classes_, self.head.predict_proba(self.features(texts)))
+
+
+class LLMMember:
+    """A causal LM answering under the schema: P(label | prompt, `Answer:`) over the label set."""
+
+    name = "llm"
+
+    def __init__(self, spec: TaskSpec, path: str | Path | None = None, *, batch_size: int = 8, backend: str = "auto"):
+        self.spec, self.path, self.batch_size, self.backend_kind = spec, str(path) if path else None, batch_size, backend
+        self._backend = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_backend": None}
+
+    def fit(self, items: list[dict]) -> "LLMMember":
+        """The SFT warm start on `items` from the spec's base model, into a fresh folder."""
+        import tempfile
+
+        from distillery.answer import answer_examples
+        from distillery.models import load_tokenizer
+        from distillery.sft import train_sft
+
+        base = str(self.spec.path(self.spec.models.base)) if self.spec.path(self.spec.models.base).exists() \
+            else self.spec.models.base
+        out = Path(tempfile.mkdtemp(prefix="llm-member-")) / "model"
+        train_sft(base, answer_examples(self.spec, items, load_tokenizer(base)), self.spec.teacher.sft, out,
+                  seed=self.spec.seed)
+        self.path, self._backend = str(out), None
+        return self
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from distillery.inference import make_backend
+
+            self._backend = make_backend(self.path, kind=self.backend_kind, batch_size=self.batch_size)
+        return self._backend
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        from distillery.answer import score_answers
+
+        if not texts:
+            return np.zeros((0, len(self.spec.output.labels)))
+        return np.asarray(score_answers(self.spec, self.backend, texts)[1], dtype=float)
+
+
+def make_member(name: str, spec: TaskSpec, *, encoder: Encoder | None = None, llm_path: str | None = None,
+                batch_size: int = 8) -> Member:
+    """A fresh (unfitted) member by name; `llm` wraps an already trained model when `llm_path` is given."""
+    if name not in MEMBERS:
+        raise ValueError(f"unknown member {name!r}; known: {sorted(MEMBERS)}")
+    return MEMBERS[name](spec, encoder=encoder, llm_path=llm_path, batch_size=batch_size)
+
+
+MEMBERS: dict[str, Callable[..., Member]] = {
+    "tfidf": lambda spec, **_: Baseline(spec),
+    "encoder": lambda spec, encoder=None, **_: EncoderMember(spec, encoder or spec_encoder(spec)),
+    "llm": lambda spec, llm_path=None, batch_size=8, **_: LLMMember(spec, llm_path, batch_size=batch_size,
+                                                                  backend=spec.label.backend),
+}
+
+
+def spec_encoder(spec: TaskSpec) -> Encoder:
+    """The spec's encoder (`models.encoder`), its cache under the artifact root."""
+    return Encoder(spec.models.encoder, root=spec.root)
+
+
+def applicable(spec: TaskSpec, names: list[str] | None = None) -> list[str]:
+    """The members a task trains: those listed (default all); extraction keeps `llm` alone."""
+    if not isinstance(spec.output, ClassificationOutput):
+        return ["llm"]
+    return list(names or MEMBERS)
+
+
+def save(model, folder: str | Path) -> Path:
+    """A probability model (member, committee, student kind) as one pickle in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (LABELER_FILE + ".tmp")
+    tmp.write_bytes(pickle.dumps(model))
+    tmp.replace(folder / LABELER_FILE)
+    return folder
+
+
+def is_labeler(folder: str | Path) -> bool:
+    return (Path(folder) / LABELER_FILE).exists()
+
+
+def load_labeler(folder: str | Path, *, batch_size: int = 8, backend: str = "auto"):
+    """What labels with the model in `folder`: a saved probability model (it answers through its
+    `probabilities`), else a causal LM behind an inference backend."""
+    if is_labeler(folder):
+        return pickle.loads((Path(folder) / LABELER_FILE).read_bytes())
+    from distillery.inference import make_backend
+
+    return make_backend(str(folder), kind=backend, batch_size=batch_size)
