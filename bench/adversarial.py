@@ -21,7 +21,7 @@ def adversarial(spec_path: str, n: int = 40, student: str | None = None) -> dict
     The promoted student (top-level keys) and, when a teacher stage has finished, the teacher
     (`teacher`), each on the same attacked and clean reports, each answering as its stage does.
     """
-    from distillery.inference import TransformersBackend
+    from distillery.members import load_labeler
     from distillery.answer import score_answers
     from distillery.spec import load_spec
 
@@ -43,7 +43,7 @@ def adversarial(spec_path: str, n: int = 40, student: str | None = None) -> dict
     in_set = [i for i, (_, target) in enumerate(cases) if target in labels]
 
     def steering(model: str, batch_size: int, is_student: bool) -> dict:
-        backend = TransformersBackend(model, batch_size=batch_size)
+        backend = load_labeler(model, batch_size=batch_size, backend="transformers")
         started = time.perf_counter()
         answers = {kind: score_answers(spec, backend, texts[kind], student=is_student)[0] for kind in texts}
         seconds = time.perf_counter() - started

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from bench import common
-from distillery import lake
+from distillery import lake, members
+from distillery.errors import DistilleryError
 
 
 def known_items(spec, documents: Path, seeds: Path, truth: str, limit: int | None = None) -> list[dict]:
@@ -43,7 +44,10 @@ def label(spec_path: str, docs: int = 64, profile: str = "demo", truth: str = "d
     from distillery.spec import load_spec
 
     spec = load_spec(spec_path, profile=profile)
-    teacher = common.stage_outputs(spec, "teacher")["model"]
+    teacher = members.llm_of(common.stage_outputs(spec, "teacher")["model"])  # this benchmark times the LLM
+    if teacher is None:
+        raise DistilleryError("bench label times the teacher's LLM, and this teacher's committee has none "
+                              "(teacher.members)")
     documents = common.stage_outputs(spec, "ingest")["documents"]
     seeds = common.stage_outputs(spec, "seed")["seed_labels"]
     pool = pick_documents(Path(documents), Path(seeds), 10**9)

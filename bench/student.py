@@ -30,8 +30,8 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300, layers: int
     import torch
 
     from distillery.evaluate import grade_items, summarize
-    from distillery.inference import TransformersBackend
     from distillery.answer import first_token_scoring, score_answers
+    from distillery.members import load_labeler
     from distillery.spec import load_spec
 
     spec = load_spec(spec_path, profile=profile)
@@ -51,7 +51,7 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300, layers: int
         arms["shallow_student"] = (shallow, spec.student.batch_size, True)
     result["baseline"] = _baseline_arm(spec, items)
     for name, (path, batch, is_student) in arms.items():
-        backend = TransformersBackend(path, batch_size=batch)
+        backend = load_labeler(path, batch_size=batch, backend="transformers")
         score_answers(spec, backend, texts[:batch], student=is_student)  # warm-up
         started = time.perf_counter()
         answers, _ = score_answers(spec, backend, texts, student=is_student)
@@ -59,8 +59,9 @@ def student(spec_path: str, profile: str = "demo", limit: int = 300, layers: int
         summary = summarize(grade_items(spec, items, answers))
         result[name] = {"top1": summary["top1"], "mean_reward": summary["mean_reward"],
                         "docs_per_s": len(items) / seconds, "model": path,
-                        "layers": backend.model.config.num_hidden_layers,
-                        "params_m": sum(p.numel() for p in backend.model.parameters()) / 1e6}
+                        **({"layers": backend.model.config.num_hidden_layers,
+                            "params_m": sum(p.numel() for p in backend.model.parameters()) / 1e6}
+                           if hasattr(backend, "model") else {"kind": getattr(backend, "name", "")})}
     scratch.cleanup()
     teacher_r, student_r = result["teacher"], result["student"]
     if layers:
@@ -93,8 +94,8 @@ def _baseline_arm(spec, items: list[dict]) -> dict:
 def _train_shallow_student(spec, teacher: str, base: str, work: Path, layers: int, label_docs: int,
                            epochs: float, learning_rate: float) -> tuple[str, dict]:
     """The teacher labels `label_docs` fresh documents; a `layers`-deep student trains on its labels."""
-    from distillery.inference import TransformersBackend
     from distillery.answer import label_rows
+    from distillery.members import load_labeler
     from distillery.models import load_tokenizer, shallow_copy
     from distillery.answer import answer_examples
     from distillery.sft import train_sft
@@ -102,7 +103,7 @@ def _train_shallow_student(spec, teacher: str, base: str, work: Path, layers: in
 
     pool = common.fresh_items(label_docs, start=300_000)
     started = time.perf_counter()
-    rows = label_rows(spec, TransformersBackend(teacher, batch_size=spec.label.batch_size), pool,
+    rows = label_rows(spec, load_labeler(teacher, batch_size=spec.label.batch_size, backend="transformers"), pool,
                       model_id="bench", run_id="bench")
     label_s = time.perf_counter() - started
     pairs = [(it, json.loads(r["answer"])[0]) for it, r in zip(pool, rows) if r["parse_status"] != "failed"]

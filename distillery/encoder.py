@@ -93,6 +93,8 @@ class Encoder:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """One normalised embedding row per text, from the cache or computed (and then cached)."""
+        if not texts:
+            return np.zeros((0, self.dimension), np.float32)
         with self._lock:
             known = self._load_cache()
             keys = [text_key(self.id, t) for t in texts]
@@ -105,8 +107,7 @@ class Encoder:
                 self._store(missing, vectors)
                 known.update(zip(missing, vectors))
                 self.computed += len(missing)
-            dim = self.dimension if not keys else None
-            return np.stack([known[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+            return np.stack([known[k] for k in keys])
 
     @property
     def dimension(self) -> int:

@@ -9,7 +9,8 @@ sentence encoder) is dropped on the way and reloaded from its path where it is u
 
 - `tfidf`: the baseline (`baseline.Baseline`): word 1-2 grams, logistic regression, C=10.
 - `encoder`: the embedded sentence encoder (`encoder.py`), frozen, with a logistic regression on its
-  normalised embeddings (C=10: what the measurement on texlive_dev used).
+  normalised embeddings (`encoder.C`, 10: what the measurement on texlive_dev used); with
+  `encoder.chunks` > 1 the first window's embedding sits beside the mean of the next windows'.
 - `llm`: the RFT model, scoring the label set after the `Answer:` prefill (`answer.score_answers`);
   `fit` is the SFT warm start, the teacher stage adds GRPO before it joins the committee.
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 from distillery.baseline import Baseline, gold
 from distillery.encoder import Encoder
-from distillery.prompts import document_text
+from distillery.prompts import document_text, document_windows
 from distillery.spec import ClassificationOutput, TaskSpec
 
 LABELER_FILE = "labeler.pkl"
@@ -51,13 +52,24 @@ class EncoderMember:
 
     name = "encoder"
 
-    def __init__(self, spec: TaskSpec, encoder: Encoder, *, C: float = 10.0):
-        self.spec, self.encoder, self.C = spec, encoder, C
+    def __init__(self, spec: TaskSpec, encoder: Encoder):
+        self.spec, self.encoder, self.C, self.chunks = spec, encoder, spec.encoder.C, spec.encoder.chunks
         self.labels = list(spec.output.labels)
         self.head, self.only = None, None
 
     def features(self, texts: list[str]) -> np.ndarray:
-        return self.encoder.embed([document_text(t, self.spec) for t in texts])
+        """The first window's embedding; with `encoder.chunks` > 1, beside the normalised mean of the
+        embeddings of every window read (a longer document seen whole, its opening kept apart)."""
+        if self.chunks == 1:
+            return self.encoder.embed([document_text(t, self.spec) for t in texts])
+        windows = [document_windows(t, self.spec, self.chunks) for t in texts]
+        flat = self.encoder.embed([w for ws in windows for w in ws])
+        ends = np.cumsum([len(ws) for ws in windows])
+        means = np.stack([flat[end - len(ws):end].mean(axis=0) for ws, end in zip(windows, ends)]) if texts \
+            else np.zeros((0, flat.shape[1]))
+        means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        firsts = flat[ends - [len(ws) for ws in windows]] if texts else means
+        return np.hstack([firsts, means])
 
     def fit(self, items: list[dict]) -> "EncoderMember":
         from sklearn.linear_model import LogisticRegression
@@ -173,3 +185,12 @@ def load_labeler(folder: str | Path, *, batch_size: int = 8, backend: str = "aut
     from distillery.inference import make_backend
 
     return make_backend(str(folder), kind=backend, batch_size=batch_size)
+
+
+def llm_of(folder: str | Path) -> str | None:
+    """The causal LM a teacher folder labels with: the folder itself, or a committee's `llm` member."""
+    if not is_labeler(folder):
+        return str(folder)
+    model = load_labeler(folder)
+    member = getattr(model, "members", {}).get("llm")
+    return member.path if member is not None else None

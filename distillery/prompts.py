@@ -44,18 +44,26 @@ class Answer:
         return self.ranked[0] if self.ranked else None
 
 
-def document_text(text: str, spec: TaskSpec) -> str:
-    """The part of a document the model sees: whitespace collapsed, cut to max_doc_chars.
+def document_text(text: str, spec: TaskSpec, chars: int | None = None) -> str:
+    """The part of a document the model sees: whitespace collapsed, cut to max_doc_chars (or `chars`).
 
     Ingestion keeps the text the spec's window chose; a document kept whole (`ingest.read.chars:
     null`, pages separated by form feeds) gets the window's strategy applied here.
     """
-    chars = spec.prompts.max_doc_chars
+    chars = chars or spec.prompts.max_doc_chars
     if excerpt.PAGE_BREAK in text:
         return excerpt.choose_from_pages(text.split(excerpt.PAGE_BREAK), spec.ingest.read.strategy, chars)
     # Runs of whitespace become one space, a trailing one kept: a window cut just after a space then
     # shows the same text as a longer window of the same document.
     return _WHITESPACE.sub(" ", text.lstrip())[:chars]
+
+
+def document_windows(text: str, spec: TaskSpec, n: int) -> list[str]:
+    """Up to `n` consecutive windows of max_doc_chars: the first is `document_text`, the others follow
+    it (what the encoder reads of a longer document); never an empty one, except a first."""
+    size = spec.prompts.max_doc_chars
+    whole = document_text(text, spec, size * n)
+    return [whole[:size]] + [w for w in (whole[i * size:(i + 1) * size] for i in range(1, n)) if w.strip()]
 
 
 def label_lines(out: ClassificationOutput) -> str:

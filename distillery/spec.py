@@ -265,6 +265,14 @@ class BulkSpec(_Strict):
                                        "anywhere on the cluster); default ingest.workers.")
 
 
+class EncoderSpec(_Strict):
+    chunks: int = Field(1, ge=1, description="Windows of prompts.max_doc_chars the encoder reads from the start of "
+                        "a document; above 1 its features are the first window's embedding beside the mean of "
+                        "every window's (texlive_dev, 80 seeds: 0.735 top-1 with 1, 0.76 with 3-5). Ingestion "
+                        "keeps chunks x max_doc_chars characters unless ingest.read.chars says more.")
+    C: float = Field(10.0, gt=0, description="Inverse regularization of the logistic regression on the embeddings.")
+
+
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Task name; names its lake folder.")
     source: str = Field(description="Directory or glob of the task's PDFs.")
@@ -277,6 +285,8 @@ class TaskSpec(_Strict):
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     label: LabelSpec = Field(default_factory=LabelSpec)
     student: StudentSpec = Field(default_factory=StudentSpec)
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec, description="How the sentence encoder (models.encoder) "
+                                 "reads a document: the encoder teacher member and student kind.")
     bulk: BulkSpec | None = None
     seed: int = Field(0, description="Random seed for training and sampling.")
     root: str = Field(".", description="Directory relative paths resolve against: load_spec sets the spec "
@@ -293,7 +303,11 @@ class TaskSpec(_Strict):
         read = ingest.get("read", {}) if isinstance(ingest, dict) else None
         if not isinstance(read, dict) or "chars" in read or "max_doc_chars" not in raw["prompts"]:
             return raw
-        return {**raw, "ingest": {**ingest, "read": {**read, "chars": raw["prompts"]["max_doc_chars"]}}}
+        chunks = (raw.get("encoder") or {}).get("chunks", 1) if isinstance(raw.get("encoder"), dict) else 1
+        chars = raw["prompts"]["max_doc_chars"]
+        if isinstance(chars, int) and isinstance(chunks, int) and chunks > 1:
+            chars *= chunks  # the encoder's windows
+        return {**raw, "ingest": {**ingest, "read": {**read, "chars": chars}}}
 
     @model_validator(mode="after")
     def _read_covers_the_prompt(self) -> "TaskSpec":

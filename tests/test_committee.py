@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import subprocess
 import sys
@@ -247,3 +246,83 @@ def test_an_embedding_is_computed_once_and_then_read_from_the_cache(tiny_encoder
     again = encoder.Encoder(str(tiny_encoder_dir), cache=tmp_path)  # another stage, another process
     assert np.allclose(again.embed(texts[::-1]), rows[::-1]) and again.computed == 0
     assert again._model is None, "a stage whose texts are all cached never loads the model"
+
+
+def test_with_chunks_the_encoder_sees_the_first_window_beside_the_mean_of_all(spec):
+    spec = spec.model_copy(update={"encoder": spec.encoder.model_copy(update={"chunks": 3})})
+    member = members.make_member("encoder", spec)
+    long = "alpha " * 200  # 1,200 characters: windows of 320, 320, 320
+    short = "beta gamma"
+    windows = members.document_windows(long, spec, 3)
+    assert [len(w) for w in windows] == [320, 320, 320] and members.document_windows(short, spec, 3) == [short]
+    rows = member.features([long, short])
+    one = member.encoder.embed(windows)
+    assert rows.shape == (2, 2 * one.shape[1])
+    assert np.allclose(rows[0, :one.shape[1]], one[0], atol=1e-6)
+    mean = one.mean(axis=0)
+    assert np.allclose(rows[0, one.shape[1]:], mean / np.linalg.norm(mean), atol=1e-5)
+    assert np.allclose(rows[1, :one.shape[1]], rows[1, one.shape[1]:], atol=1e-5), "one window: its own mean"
+
+
+def test_the_spec_reads_enough_text_for_the_encoders_windows(clinical_raw):
+    from distillery.spec import parse_spec
+
+    raw = {**clinical_raw, "encoder": {"chunks": 4}}
+    assert parse_spec(raw, root=REPO / "data" / "demo").ingest.read.chars == 4 * raw["prompts"]["max_doc_chars"]
+    assert parse_spec(clinical_raw, root=REPO / "data" / "demo").ingest.read.chars == raw["prompts"]["max_doc_chars"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_documents_embedding_is_computed_once_across_teacher_label_and_student(spec, tmp_path, monkeypatch):
+    """The encoder member's k folds and refit, the committee labeling the corpus, and the encoder
+    student trained on those labels and scored on the held-out seeds: each window encoded once."""
+    from sentence_transformers import SentenceTransformer
+
+    from distillery import ingest, label, seed, student, teacher
+
+    truth = synth.generate_clinical(tmp_path / "pdfs", 60, bad_every=0)
+    synth.write_csv(synth.pick_seeds(truth, 3), tmp_path / "seeds.csv")
+    spec = spec.model_copy(update={
+        "source": str(tmp_path / "pdfs"), "seeds": spec.seeds.model_copy(update={"path": str(tmp_path / "seeds.csv")}),
+        "ingest": spec.ingest.model_copy(update={"workers": 1}),
+        "teacher": spec.teacher.model_copy(update={"members": ["encoder", "tfidf"]}),
+        "student": spec.student.model_copy(update={"kind": "encoder"})})
+    encoded: list[str] = []
+    original = SentenceTransformer.encode
+
+    def spy(self, sentences, *args, **kwargs):
+        encoded.extend(sentences)
+        return original(self, sentences, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "encode", spy)
+    docs = ingest.ingest(spec, out=tmp_path / "ingest").path("documents")
+    seeds = seed.import_seeds(spec, docs, out=tmp_path / "seed").path("seed_labels")
+    taught = teacher.train_teacher(spec, seeds, docs, out=tmp_path / "teacher")
+    assert taught.path("model").name == "committee" and set(taught.metrics["committee"]["members"]) == {"encoder", "tfidf"}
+    labeled = label.machine_label(spec, taught.path("model"), docs, seeds, out=tmp_path / "label")
+    trained = student.train_student(spec, labeled.path("machine_labels"), seeds, docs, out=tmp_path / "student",
+                                    teacher_top1=taught.metrics["teacher"]["top1"])
+    assert trained.metrics["kind"] == "encoder" and members.is_labeler(trained.path("model"))
+    assert len(encoded) == len(set(encoded)), "no window is encoded twice"
+    assert len(set(encoded)) == len(lake.read_table(docs)), "every document's window once: seeds and labeled ones"
+
+
+def test_an_llm_out_of_fold_on_some_seeds_is_weighed_there_and_the_figure_still_covers_every_seed(spec):
+    """The LLM predicts only the seeds outside its train split: its weight is judged on those, the
+    others' weights are renormalised elsewhere, and the committee's figure covers every seed."""
+    items, labels = case_items(60), list(spec.output.labels)
+    probs, gold, folds = _oof(items, labels, {"tfidf": lambda: members.make_member("tfidf", spec)})
+    oracle = np.full(probs["tfidf"].shape, np.nan)
+    oracle[40:] = 0.9 * np.eye(len(labels))[gold[40:]] + 0.01  # right on the 20 seeds it never trained on
+    probs["llm"] = oracle / np.nansum(oracle, axis=1, keepdims=True)
+    weights, temps = committee.fit_combination(probs, gold)
+    assert weights["llm"] >= 0.5
+    mixed = committee.combine(probs, weights, temps)
+    assert np.isfinite(mixed).all() and np.allclose(mixed.sum(axis=1), 1)
+    alone = committee.combine({"tfidf": probs["tfidf"]}, {"tfidf": 1.0}, temps)
+    assert np.allclose(mixed[:40], alone[:40]), "where the LLM has no honest row, the committee is the others"
+    nested = committee.nested_out_of_fold(probs, gold, folds)
+    metrics = committee.seed_metrics(probs, nested, gold, weights, temps, folds)
+    assert metrics["committee"]["n"] == 60 and metrics["members"]["llm"]["n"] == 20
+    assert "the LLM added +" in metrics["llm_added"]

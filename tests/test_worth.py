@@ -14,7 +14,6 @@ from distillery import committee, ingest, lake, members, seed, synth
 from distillery.errors import StageInputMissing
 from distillery.evaluate import seed_items
 from distillery.models import tiny_model
-from distillery.prompts import document_text
 from distillery.spec import load_spec
 
 from conftest import CLINICAL_YAML, REPO

@@ -76,7 +76,7 @@ def eval_sets(run: Run) -> list[tuple[str, Any]]:
     out = []
     te = run.table("teacher", "teacher_eval")
     if te is not None and "model" in te:
-        for model in ("base", "baseline", "teacher"):
+        for model in ("base", "baseline", "llm", "teacher"):  # llm: the committee's RFT member alone
             rows = te[te["model"] == model]
             if len(rows):
                 out.append((model, rows))
