@@ -326,3 +326,16 @@ def test_an_llm_out_of_fold_on_some_seeds_is_weighed_there_and_the_figure_still_
     metrics = committee.seed_metrics(probs, nested, gold, weights, temps, folds)
     assert metrics["committee"]["n"] == 60 and metrics["members"]["llm"]["n"] == 20
     assert "the LLM added +" in metrics["llm_added"]
+
+
+def test_a_committee_is_warned_against_the_baseline_out_of_fold_on_every_seed(spec):
+    from distillery.teacher import teacher_warnings
+
+    board = {"folds": 5, "members": {"tfidf": {"top1": 0.80, "n": 80}, "encoder": {"top1": 0.70, "n": 80}},
+             "committee": {"top1": 0.75, "n": 80}}
+    heldout = {"teacher": {"top1": 0.9, "n": 16}, "baseline": {"top1": 0.5, "n": 16}}
+    warned = teacher_warnings(spec, {**heldout, "committee": board})
+    assert len(warned) == 1 and "0.75 is below the TF-IDF baseline 0.80 on the same 80 seeds, out of fold" in warned[0]
+    board["committee"]["top1"] = 0.85
+    assert teacher_warnings(spec, {**heldout, "committee": board}) == []
+    assert teacher_warnings(spec, heldout) == [], "without a committee: the held-out seeds decide"

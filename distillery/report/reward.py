@@ -64,7 +64,7 @@ def section_reward_curve(spec: TaskSpec, run: Run) -> Raw:
         rows = [[int(r["step"]), r.get("mean_reward"), r.get("top1"), None if is_missing(r.get("n")) else int(r["n"])]
                 for _, r in val.iterrows()]
         parts.append(table(["step", "validation mean reward", "validation top-1", "items"], rows))
-        parts.append(note(f"The teacher is the checkpoint of step {int(best['step'])} "
+        parts.append(note(f"The LLM (the teacher, or its committee member) is the checkpoint of step {int(best['step'])} "
                           f"(validation reward {best['mean_reward']:.3f}); step 0 is the SFT warm start."))
     kept = run.get("teacher").metrics.get("kept") or {}
     if kept.get("why"):
