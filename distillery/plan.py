@@ -96,6 +96,21 @@ def _student_cost(spec: TaskSpec, student_bench: dict) -> tuple[float, str]:
     return t / t_base, f"{layers}-layer student {t_base / t:.0f}x faster than the base (student.json)"
 
 
+def _lm_student_line(spec: TaskSpec, label_docs: int, trained, train: dict, b: dict, cfg, timed: bool,
+                     per_example, where: dict, scaled: str, bench_batch, rate_from) -> "Line":
+    """The LM student's SFT steps, priced by its latest run, else the SFT step measured or benchmarked."""
+    s = spec.student.sft
+    steps = s.max_steps if s.max_steps > 0 else math.ceil(s.epochs * math.ceil(label_docs / s.batch_size))
+    cost, cost_note = _student_cost(spec, b["student"])
+    basis = (f"the SFT step measured here x batch {cfg.sft.batch_size}/{s.batch_size}" if timed
+             else f"{where['rft']} (SFT{scaled} x batch {bench_batch}/{s.batch_size})")
+    rate, source = rate_from(
+        (train["steps"] / train["seconds"] if train.get("steps") and train.get("seconds") else None,
+         f"latest student run ({trained} labels)" if trained else "latest student run"),
+        (1 / (per_example * s.batch_size * cost) if per_example else None, f"{basis}; {cost_note}"))
+    return Line("student: SFT", steps, "steps", rate, source)
+
+
 def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, root: Path | None = None,
          sample: Sample | None = None) -> dict:
     """Predict each stage's time. `sample`: what `measure` found (None: nothing measured)."""
@@ -198,19 +213,16 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
     label_docs = min(spec.label.limit, left) if left is not None else spec.label.limit
     lines.append(Line("label", label_docs + held, "docs", label_rate, label_source))
 
-    s = spec.student.sft
-    student_steps = s.max_steps if s.max_steps > 0 else math.ceil(s.epochs * math.ceil(label_docs / s.batch_size))
     own = runs.get("student", {})
     trained = own.get("counts", {}).get("trained_on")
     train = own.get("metrics", {}).get("train", {})
-    cost, cost_note = _student_cost(spec, b["student"])
-    basis = (f"the SFT step measured here x batch {cfg.sft.batch_size}/{s.batch_size}" if timed
-             else f"{where['rft']} (SFT{scaled} x batch {bench_batch}/{s.batch_size})")
-    rate, source = rate_from(
-        (train["steps"] / train["seconds"] if train.get("steps") and train.get("seconds") else None,
-         f"latest student run ({trained} labels)" if trained else "latest student run"),
-        (1 / (per_example * s.batch_size * cost) if per_example else None, f"{basis}; {cost_note}"))
-    lines.append(Line("student: SFT", student_steps, "steps", rate, source))
+    if spec.student_kind == "encoder":  # a head on embeddings labeling cached: seconds, whatever the corpus
+        rate, source = rate_from((train["examples"] / train["seconds"] if train.get("examples") and train.get("seconds")
+                                  else None, "latest student run"))
+        lines.append(Line("student: encoder head", label_docs, "labels", rate, source))
+    else:
+        lines.append(_lm_student_line(spec, label_docs, trained, train, b, cfg, timed, per_example, where,
+                                      scaled, bench_batch, rate_from))
 
     if bulk_docs is not None or not spec.bulk:
         docs = bulk_docs or 0

@@ -31,6 +31,7 @@ def _spec(clinical_raw, corpus, **prompts):
     raw.update(source="pdfs", seeds={"path": "seeds.csv"}, bulk={"source": "pdfs"}, ingest={"workers": 1},
                models={"base": str(CLINICAL_YAML.parent / "../../models/base")})
     raw["prompts"] = {**raw["prompts"], **prompts}
+    raw["student"] = {**raw["student"], "kind": "lm"}  # an SFT student: priced by the SFT step
     return parse_spec(raw, root=corpus)
 
 
@@ -141,3 +142,11 @@ def test_the_base_model_is_timed_here_and_its_times_price_the_stages(clinical_ra
     assert slow["teacher: GRPO"]["rate_per_s"] < lines["teacher: GRPO"]["rate_per_s"]
     assert slow["bulk"]["rate_per_s"] <= lines["bulk"]["rate_per_s"]
     assert "base model here: scores" in "\n".join(plan(spec, sample=sample)["measured"])
+
+
+def test_an_encoder_student_is_a_head_on_cached_embeddings_not_sft_steps(clinical_raw, corpus):
+    spec = parse_spec({**{k: v for k, v in clinical_raw.items() if k != "profiles"}, "source": "pdfs",
+                       "seeds": {"path": "seeds.csv"}}, root=corpus)
+    lines = _lines(plan(spec))
+    assert spec.student_kind == "encoder" and "student: SFT" not in lines
+    assert lines["student: encoder head"]["unit"] == "labels"
