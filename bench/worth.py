@@ -132,8 +132,8 @@ def score_arms(spec, items: list[dict], train: list[dict], models: dict[str, str
     if "tfidf" in fitted:
         arm("baseline", fitted["tfidf"], "tfidf+logreg (the committee's member)", trained_on=len(seeds or []))
     else:
-        arm("baseline", baseline.fit(spec, seeds if board and seeds else train), "tfidf+logreg",
-            trained_on=len(seeds if board and seeds else train))
+        learned_from = seeds if board and seeds else train  # the seeds the teacher learned from
+        arm("baseline", baseline.fit(spec, learned_from), "tfidf+logreg", trained_on=len(learned_from))
     arm("base", TransformersBackend(models["base"], batch_size=spec.label.batch_size), models["base"])
     for name, member in fitted.items():
         if name != "tfidf":
@@ -141,10 +141,11 @@ def score_arms(spec, items: list[dict], train: list[dict], models: dict[str, str
                 **({"weight": board.weights[name]} if board else {}))
     if board:
         started = time.perf_counter()
-        probs["committee"] = committee.combine({m: probs["baseline" if m == "tfidf" else m] for m in board.weights},
-                                               board.weights, board.temperatures)
+        arm_of = {m: "baseline" if m == "tfidf" else m for m in board.weights}  # the TF-IDF member is the baseline
+        probs["committee"] = committee.combine({m: probs[a] for m, a in arm_of.items()}, board.weights,
+                                               board.temperatures)
         seconds["committee"] = time.perf_counter() - started + sum(
-            seconds["baseline" if m == "tfidf" else m] for m, w in board.weights.items() if w > 0)
+            seconds[arm_of[m]] for m, w in board.weights.items() if w > 0)
         record("committee", models["teacher"], weights=board.weights)
     else:
         probs["committee"], seconds["committee"] = probs["llm"], seconds["llm"]

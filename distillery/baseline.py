@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from distillery.evaluate import grade_items, summarize
+from distillery.evaluate import gold_label, grade_items, summarize
 from distillery.prompts import Answer, document_text
 from distillery.spec import ClassificationOutput, TaskSpec
 
@@ -48,7 +48,7 @@ class Baseline:
         from sklearn.pipeline import Pipeline
 
         texts = [document_text(it["text"], self.spec) for it in train]
-        answers = [gold(it["answer"]) for it in train]
+        answers = [gold_label(it["answer"]) for it in train]
         self.only = answers[0] if len(set(answers)) == 1 else None  # one class: logistic regression cannot fit
         self.model = None
         if self.only is None:
@@ -60,16 +60,7 @@ class Baseline:
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """P(label | document window), one row per text, columns in the spec's label order (0 for a
         label no train seed had)."""
-        probs = np.zeros((len(texts), len(self.labels)))
-        if not texts:
-            return probs
-        if self.model is None:
-            probs[:, self.labels.index(self.only)] = 1.0
-            return probs
-        seen = self.model.predict_proba([document_text(t, self.spec) for t in texts])
-        for j, label in enumerate(self.model.classes_):
-            probs[:, self.labels.index(label)] = seen[:, j]
-        return probs
+        return label_probabilities(self.labels, self.model, self.only, [document_text(t, self.spec) for t in texts])
 
     def answer(self, texts: list[str]) -> tuple[list[Answer], list[list[float]]]:
         """A ranked top-k answer and a probability row per text (ties keep the label order)."""
@@ -79,14 +70,24 @@ class Baseline:
         return ranked_answers(self.spec, probs), probs.tolist()
 
 
+def label_probabilities(labels: list[str], classifier, only: str | None, inputs) -> np.ndarray:
+    """A fitted classifier's `predict_proba` on `inputs`, its columns (`classes_`) placed in the spec's
+    label order (0 for a label it never saw); with `only` (one class in training), that label at 1."""
+    probs = np.zeros((len(inputs), len(labels)))
+    if not len(inputs):
+        return probs
+    if classifier is None:
+        probs[:, labels.index(only)] = 1.0
+        return probs
+    seen = classifier.predict_proba(inputs)
+    for j, label in enumerate(classifier.classes_):
+        probs[:, labels.index(label)] = seen[:, j]
+    return probs
+
+
 def fit(spec: TaskSpec, train: list[dict]) -> Baseline:
     """The baseline fitted on `train` (seed items with `text` and `answer`): the train split only."""
     return Baseline(spec).fit(train)
-
-
-def gold(answer) -> str:
-    """The label an item is trained on: the answer, or the first of a ranked answer."""
-    return answer[0] if isinstance(answer, list) and answer else answer
 
 
 def evaluate(spec: TaskSpec, train: list[dict], items: list[dict]) -> tuple[pd.DataFrame, dict]:

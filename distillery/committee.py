@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from distillery.baseline import gold as gold_label
+from distillery.evaluate import gold_label, paired_difference
 from distillery.members import Member
 from distillery.prior import fit_temperature, temperature
 
@@ -153,12 +153,11 @@ def accuracy(probs: np.ndarray, gold: np.ndarray, *, resamples: int = 2000, seed
 def paired_gain(a: np.ndarray, b: np.ndarray, gold: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> dict:
     """Top-1 of a minus b on the rows both predict, with a paired 95% bootstrap interval."""
     rows = np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1)
-    d = (a[rows].argmax(1) == gold[rows]).astype(float) - (b[rows].argmax(1) == gold[rows]).astype(float)
-    if not len(d):
+    if not rows.any():
         return {"gain": None, "ci95": None, "n": 0}
-    boot = np.random.default_rng(seed).choice(d, (resamples, len(d))).mean(axis=1)
-    return {"gain": float(d.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-            "n": int(len(d))}
+    d = paired_difference(a[rows].argmax(1) == gold[rows], b[rows].argmax(1) == gold[rows], resamples=resamples,
+                          seed=seed)
+    return {"gain": d["diff"], "ci95": d["ci95"], "n": d["n"]}
 
 
 @dataclass
@@ -172,11 +171,6 @@ class Committee:
     name: str = NAME
     out_of_fold: dict = field(default_factory=dict)  # sha256 -> the committee's nested out-of-fold row
 
-    def fit(self, items: list[dict]) -> "Committee":
-        """Refit every member on `items` (the weights stay those the out-of-fold rows chose)."""
-        self.members = {m: member.fit(items) for m, member in self.members.items()}
-        return self
-
     def probabilities(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.labels)))
@@ -188,12 +182,12 @@ def gold_indices(items: list[dict], labels: list[str]) -> np.ndarray:
     return np.array([labels.index(gold_label(it["answer"])) for it in items])
 
 
-def build(spec, items: list[dict], names: list[str], *, llm=None, encoder=None) -> tuple[Committee, dict, np.ndarray]:
+def build(spec, items: list[dict], names: list[str], *, llm=None, encoder=None) -> tuple[Committee, dict]:
     """Fit the committee on every seed item (each with `split`): out-of-fold rows for each member
     (`llm`: a trained `LLMMember`, out of fold on the seeds outside its train split), weights and
     temperatures from them, the nested committee rows, then the k-fold members refitted on all items.
 
-    Returns (committee, metrics, the committee's nested out-of-fold rows in `items` order)."""
+    Returns (committee, metrics); the committee keeps its nested out-of-fold rows by document hash."""
     from distillery.members import make_member
 
     labels = list(spec.output.labels)
@@ -213,7 +207,7 @@ def build(spec, items: list[dict], names: list[str], *, llm=None, encoder=None) 
     committee = Committee(labels, fitted, weights, temps,
                           out_of_fold={it["sha256"]: row.tolist() for it, row in zip(items, nested)
                                        if np.isfinite(row).all()})
-    return committee, seed_metrics(probs, nested, gold, weights, temps, folds), nested
+    return committee, seed_metrics(probs, nested, gold, weights, temps, folds)
 
 
 def seed_metrics(probs: dict[str, np.ndarray], nested: np.ndarray, gold: np.ndarray, weights: dict, temps: dict,

@@ -30,6 +30,11 @@ def seed_items(spec: TaskSpec, seeds, documents, split: str, limit: int | None =
     return items[:limit] if limit else items
 
 
+def gold_label(answer: Any) -> Any:
+    """The label a classification answer stands for: the answer, or the first of a ranked list."""
+    return answer[0] if isinstance(answer, list) and answer else answer
+
+
 def stable_slice(items: list[dict], n: int) -> tuple[list[dict], list[dict]]:
     """(rest, slice): the `n` items first by content hash, kept apart; the same whatever the input order."""
     held = {it["sha256"] for it in sorted(items, key=lambda it: it["sha256"])[:n]}

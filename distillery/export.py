@@ -18,6 +18,7 @@ import pandas as pd
 
 from distillery import lake
 from distillery.errors import DistilleryError
+from distillery.evaluate import gold_label
 from distillery.spec import ClassificationOutput, TaskSpec
 
 TABLES = ("bulk_labels", "machine_labels")
@@ -50,15 +51,11 @@ def load_labels(spec: TaskSpec, table: str = "bulk_labels", root: Path | None = 
     return df
 
 
-def _top(answer: Any) -> Any:
-    return answer[0] if isinstance(answer, list) and answer else answer
-
-
 def to_csv(df: pd.DataFrame, path: Path, spec: TaskSpec) -> Path:
     """Spreadsheet-friendly: the top label (or one column per extracted field) plus the full answer."""
     flat = df.drop(columns=["text"]).copy()
     if isinstance(spec.output, ClassificationOutput):
-        flat.insert(2, "label", [_top(a) for a in flat["answer"]])
+        flat.insert(2, "label", [gold_label(a) for a in flat["answer"]])
     else:
         for name in spec.output.fields:
             flat[name] = [a.get(name) if isinstance(a, dict) else None for a in flat["answer"]]
@@ -96,7 +93,7 @@ def _results(answer: Any, spec: TaskSpec) -> list[dict]:
     if answer is None:
         return []
     if isinstance(spec.output, ClassificationOutput):
-        return [{"from_name": CHOICES, "to_name": TEXT_FIELD, "type": "choices", "value": {"choices": [_top(answer)]}}]
+        return [{"from_name": CHOICES, "to_name": TEXT_FIELD, "type": "choices", "value": {"choices": [gold_label(answer)]}}]
     return [{"from_name": name, "to_name": TEXT_FIELD, "type": "textarea",
              "value": {"text": [json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value]}}
             for name, value in answer.items()]

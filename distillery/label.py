@@ -36,7 +36,7 @@ from distillery import lake, prior
 from distillery.answer import LABEL_SCHEMA as SCHEMA, answer_rows, constrained, grade_label_rows, label_rows, \
     ranked_answers
 from distillery.errors import DistilleryError
-from distillery.evaluate import calibration, seed_items, summarize
+from distillery.evaluate import calibration, gold_label, seed_items, summarize
 from distillery.members import load_labeler
 from distillery.spec import ClassificationOutput, TaskSpec
 
@@ -132,9 +132,9 @@ def validation_probs(spec: TaskSpec, backend, seeds: Path, documents: Path, *,
     if not scores_labels(spec):
         return [], []
     labels = list(spec.output.labels)
-    items = [it for it in seed_items(spec, seeds, documents, "validation") if _gold(it["answer"]) in labels]
+    items = [it for it in seed_items(spec, seeds, documents, "validation") if gold_label(it["answer"]) in labels]
     rows = seed_rows(spec, backend, items, model_id=model_id)
-    return [json.loads(r["probs"]) for r in rows], [labels.index(_gold(it["answer"])) for it in items]
+    return [json.loads(r["probs"]) for r in rows], [labels.index(gold_label(it["answer"])) for it in items]
 
 
 def seed_rows(spec: TaskSpec, backend, items: list[dict], *, model_id: str) -> list[dict]:
@@ -151,10 +151,6 @@ def seed_rows(spec: TaskSpec, backend, items: list[dict], *, model_id: str) -> l
         raise DistilleryError(f"the committee has no out-of-fold row for seed(s) {missing}: rerun `make teacher`")
     rows = [held[it["sha256"]] for it in items]
     return answer_rows(spec, items, ranked_answers(spec, np.asarray(rows)), rows, model_id=model_id, run_id="")
-
-
-def _gold(answer) -> str:
-    return answer[0] if isinstance(answer, list) and answer else answer
 
 
 def prior_pass(spec: TaskSpec, shards: Path, seeds: Path, out: Path, heldout: list[dict],
@@ -189,7 +185,7 @@ def corpus_prior(spec: TaskSpec, rows: list[dict], seeds: Path, calibration_set:
     labels = list(spec.output.labels)
     seed_rows = lake.read_table(seeds).to_pandas()
     answers = [json.loads(a) for a in seed_rows.loc[seed_rows["split"] == "train", "answer"]]
-    seeds_mix = prior.seed_prior(labels, [_gold(a) for a in answers])
+    seeds_mix = prior.seed_prior(labels, [gold_label(a) for a in answers])
     t = prior.fit_temperature(*calibration_set) if calibration_set[1] else 1.0
     fit = prior.estimate_prior(prior.temperature(scored, t), [seeds_mix[c] for c in labels])
     return {"seeds": seeds_mix, "corpus": dict(zip(labels, fit["prior"].tolist())), "documents": len(scored),

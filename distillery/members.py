@@ -23,7 +23,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from distillery.baseline import Baseline, gold
+from distillery.baseline import Baseline, label_probabilities
+from distillery.evaluate import gold_label
 from distillery.encoder import Encoder
 from distillery.prompts import document_text, document_windows
 from distillery.spec import ClassificationOutput, TaskSpec
@@ -37,14 +38,6 @@ class Member(Protocol):
     def fit(self, items: list[dict]) -> "Member": ...
 
     def probabilities(self, texts: list[str]) -> np.ndarray: ...
-
-
-def in_label_order(labels: list[str], classes, probs: np.ndarray) -> np.ndarray:
-    """Columns of a classifier's `predict_proba` (its `classes_`) placed in the spec's label order."""
-    out = np.zeros((len(probs), len(labels)))
-    for j, label in enumerate(classes):
-        out[:, labels.index(label)] = probs[:, j]
-    return out
 
 
 class EncoderMember:
@@ -74,7 +67,7 @@ class EncoderMember:
     def fit(self, items: list[dict]) -> "EncoderMember":
         from sklearn.linear_model import LogisticRegression
 
-        answers = [gold(it["answer"]) for it in items]
+        answers = [gold_label(it["answer"]) for it in items]
         self.only = answers[0] if len(set(answers)) == 1 else None
         self.head = None
         if self.only is None:
@@ -83,12 +76,8 @@ class EncoderMember:
         return self
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        if self.only is not None or not texts:
-            out = np.zeros((len(texts), len(self.labels)))
-            if self.only is not None:
-                out[:, self.labels.index(self.only)] = 1.0
-            return out
-        return in_label_order(self.labels, self.head.classes_, self.head.predict_proba(self.features(texts)))
+        features = self.features(texts) if texts and self.head is not None else texts
+        return label_probabilities(self.labels, self.head, self.only, features)
 
 
 class LLMMember:
@@ -111,8 +100,7 @@ class LLMMember:
         from distillery.models import load_tokenizer
         from distillery.sft import train_sft
 
-        base = str(self.spec.path(self.spec.models.base)) if self.spec.path(self.spec.models.base).exists() \
-            else self.spec.models.base
+        base = self.spec.model_ref(self.spec.models.base)
         out = Path(tempfile.mkdtemp(prefix="llm-member-")) / "model"
         train_sft(base, answer_examples(self.spec, items, load_tokenizer(base)), self.spec.teacher.sft, out,
                   seed=self.spec.seed)
@@ -135,19 +123,17 @@ class LLMMember:
         return np.asarray(score_answers(self.spec, self.backend, texts)[1], dtype=float)
 
 
-def make_member(name: str, spec: TaskSpec, *, encoder: Encoder | None = None, llm_path: str | None = None,
-                batch_size: int = 8) -> Member:
-    """A fresh (unfitted) member by name; `llm` wraps an already trained model when `llm_path` is given."""
+def make_member(name: str, spec: TaskSpec, *, encoder: Encoder | None = None) -> Member:
+    """A fresh (unfitted) member by name."""
     if name not in MEMBERS:
         raise ValueError(f"unknown member {name!r}; known: {sorted(MEMBERS)}")
-    return MEMBERS[name](spec, encoder=encoder, llm_path=llm_path, batch_size=batch_size)
+    return MEMBERS[name](spec, encoder=encoder)
 
 
 MEMBERS: dict[str, Callable[..., Member]] = {
     "tfidf": lambda spec, **_: Baseline(spec),
     "encoder": lambda spec, encoder=None, **_: EncoderMember(spec, encoder or spec_encoder(spec)),
-    "llm": lambda spec, llm_path=None, batch_size=8, **_: LLMMember(spec, llm_path, batch_size=batch_size,
-                                                                  backend=spec.label.backend),
+    "llm": lambda spec, **_: LLMMember(spec, batch_size=spec.label.batch_size, backend=spec.label.backend),
 }
 
 

@@ -329,6 +329,10 @@ class TaskSpec(_Strict):
             return self.student.kind
         return "encoder" if isinstance(self.output, ClassificationOutput) else "lm"
 
+    def model_ref(self, value: str) -> str:
+        """A model setting as a loader takes it: the path relative to the spec when it exists, else an HF id."""
+        return str(self.path(value)) if self.path(value).exists() else value
+
     def path(self, value: str) -> Path:
         """Resolve a spec path against the spec's root (normalized: `data/demo/../../models` is `models`)."""
         p = Path(value)

@@ -103,7 +103,7 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
     started = time.perf_counter()
     run_id = run_id or lake.new_run_id("student")
     out.mkdir(parents=True, exist_ok=True)
-    base = str(spec.path(spec.models.student)) if spec.path(spec.models.student).exists() else spec.models.student
+    base = spec.model_ref(spec.models.student)
     labels = lake.read_table(machine_labels).to_pandas()
     usable = labels[(labels["parse_status"] != "failed") & (labels["confidence"] >= spec.student.min_confidence)]
     docs = lake.read_table(documents).to_pandas()[["sha256", "text"]]

@@ -230,7 +230,7 @@ def train_teacher(spec: TaskSpec, seeds: Path, documents: Path, *, out: Path, ru
         llm = members.LLMMember(spec, model, batch_size=spec.label.batch_size, backend=spec.label.backend) \
             if "llm" in names else None
         encoder = members.spec_encoder(spec) if "encoder" in names else None
-        board, metrics["committee"], nested = committee.build(spec, every, names, llm=llm, encoder=encoder)
+        board, metrics["committee"] = committee.build(spec, every, names, llm=llm, encoder=encoder)
         model = members.save(board, out / "committee")
         rows = committee_rows(spec, heldout, board)
         evals.append(rows.assign(model="teacher"))
@@ -268,7 +268,7 @@ def train_llm(spec: TaskSpec, train: list[dict], val: list[dict], heldout: list[
               metrics: dict) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """The `llm` member: base evaluated, SFT warm start, GRPO, kept checkpoint in out/best, evaluated
     on the held-out seeds (rows model="base" and "llm"; metrics `base`, `sft`, `grpo`, `llm`, `kept`)."""
-    base = str(spec.path(spec.models.base)) if spec.path(spec.models.base).exists() else spec.models.base
+    base = spec.model_ref(spec.models.base)
     base_rows, metrics["base"] = evaluate_labeling(spec, TransformersBackend(base), heldout)
     start = out / "start"
     sft_items, grpo_items = split_for_grpo(train, spec.teacher.grpo.heldout_from_sft)

@@ -50,7 +50,7 @@ def task(tmp_path_factory, tiny_encoder_dir) -> dict:
     seeded = seed.import_seeds(spec, ingested.path("documents"), out=tmp / "seed")
     every = [{**it, "split": split} for split in ("train", "validation", "heldout")
              for it in seed_items(spec, seeded.path("seed_labels"), ingested.path("documents"), split)]
-    board, _, _ = committee.build(spec, every, ["tfidf", "encoder", "llm"], llm=members.LLMMember(spec, teacher))
+    board, _ = committee.build(spec, every, ["tfidf", "encoder", "llm"], llm=members.LLMMember(spec, teacher))
     board.weights = {"tfidf": 0.5, "encoder": 0.25, "llm": 0.25}  # every member answers, whatever the seeds said
     folder = members.save(board, tmp / "committee")
     for result in (ingested, seeded, lake.StageResult("teacher", "t1", {"model": str(folder)}),
