@@ -123,8 +123,12 @@ bench-label: ## labeling stage vs a per-document pipeline loop, and calibration 
 	$(PY) -m bench.label --spec $(SPEC) --profile $(PROFILE)
 
 .PHONY: bench-student
-bench-student: ## base, teacher and student: top-1 and docs/s on the same documents (LAYERS=2: + a shallow student) -> data/bench/student.json
+bench-student: ## base, teacher and student: top-1 and docs/s on the same documents (LAYERS=2: + a shallow student) -> data/bench/student.json; CORPUS=texlive_dev: the student kinds on held-out halves, label-count curve, how to use the teacher's probabilities -> data/bench/student_texlive_dev.json
+ifeq ($(CORPUS),texlive_dev)
+	$(PY) -m bench.student_curve --spec data/texlive/texlive_dev.yaml --profile $(PROFILE) --heldout $(TEXLIVE)/heldout.csv
+else
 	$(PY) -m bench.student --spec $(SPEC) --profile $(PROFILE) $(if $(LAYERS),--layers $(LAYERS) --label-docs $(or $(LABEL_DOCS),1000))
+endif
 
 .PHONY: bench-rft
 bench-rft: ## base vs SFT vs SFT+GRPO (3 sampling seeds) vs random-reward GRPO on 300 fresh documents -> data/bench/rft.json

@@ -54,7 +54,7 @@ class Baseline:
         if self.only is None:
             self.model = Pipeline([("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
                                    ("lr", LogisticRegression(C=10, max_iter=2000))])
-            self.model.fit(texts, answers)
+            self.model.fit(texts, answers, lr__sample_weight=weights(train))
         return self
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
@@ -68,6 +68,11 @@ class Baseline:
 
         probs = self.probabilities(texts)
         return ranked_answers(self.spec, probs), probs.tolist()
+
+
+def weights(items: list[dict]) -> list[float]:
+    """Each training item's weight: its `weight` (a machine label's share of the teacher's belief) or 1."""
+    return [float(it.get("weight", 1.0)) for it in items]
 
 
 def label_probabilities(labels: list[str], classifier, only: str | None, inputs) -> np.ndarray:

@@ -11,6 +11,8 @@ sentence encoder) is dropped on the way and reloaded from its path where it is u
 - `encoder`: the embedded sentence encoder (`encoder.py`), frozen, with a logistic regression on its
   normalised embeddings (`encoder.C`, 10: what the measurement on texlive_dev used); with
   `encoder.chunks` > 1 the first window's embedding sits beside the mean of the next windows'.
+- `static` (`static.py`): static token vectors distilled from the encoder beside TF-IDF n-grams; a
+  student kind (as fast as PDFs read), a teacher member only when `teacher.members` lists it.
 - `llm`: the RFT model, scoring the label set after the `Answer:` prefill (`answer.score_answers`);
   `fit` is the SFT warm start, the teacher stage adds GRPO before it joins the committee.
 """
@@ -23,11 +25,12 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from distillery.baseline import Baseline, label_probabilities
+from distillery.baseline import Baseline, label_probabilities, weights
 from distillery.evaluate import gold_label
 from distillery.encoder import Encoder
 from distillery.prompts import document_text, document_windows
 from distillery.spec import ClassificationOutput, TaskSpec
+from distillery.static import StaticMember
 
 LABELER_FILE = "labeler.pkl"
 
@@ -72,7 +75,7 @@ class EncoderMember:
         self.head = None
         if self.only is None:
             self.head = LogisticRegression(C=self.C, max_iter=5000).fit(self.features([it["text"] for it in items]),
-                                                                         answers)
+                                                                         answers, sample_weight=weights(items))
         return self
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
@@ -134,7 +137,9 @@ MEMBERS: dict[str, Callable[..., Member]] = {
     "tfidf": lambda spec, **_: Baseline(spec),
     "encoder": lambda spec, encoder=None, **_: EncoderMember(spec, encoder or spec_encoder(spec)),
     "llm": lambda spec, **_: LLMMember(spec, batch_size=spec.label.batch_size, backend=spec.label.backend),
+    "static": lambda spec, encoder=None, **_: StaticMember(spec, encoder or spec_encoder(spec)),
 }
+TEACHER_MEMBERS = ("tfidf", "encoder", "llm")  # the teacher's default; `static` is a student kind first
 
 
 def spec_encoder(spec: TaskSpec) -> Encoder:
@@ -143,10 +148,11 @@ def spec_encoder(spec: TaskSpec) -> Encoder:
 
 
 def applicable(spec: TaskSpec, names: list[str] | None = None) -> list[str]:
-    """The members a task trains: those listed (default all); extraction keeps `llm` alone."""
+    """The members a task's teacher trains: those listed (default `TEACHER_MEMBERS`); extraction keeps
+    `llm` alone."""
     if not isinstance(spec.output, ClassificationOutput):
         return ["llm"]
-    return list(names or MEMBERS)
+    return list(names or TEACHER_MEMBERS)
 
 
 def save(model, folder: str | Path) -> Path:

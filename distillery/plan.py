@@ -218,11 +218,12 @@ def plan(spec: TaskSpec, *, bulk_docs: int | None = None, speedup: float = 1.0, 
     own = runs.get("student", {})
     trained = own.get("counts", {}).get("trained_on")
     train = own.get("metrics", {}).get("train", {})
-    if spec.student_kind == "encoder":  # a head on embeddings labeling cached: seconds, whatever the corpus
+    kinds, _ = spec.student_kinds
+    if "lm" not in kinds:  # heads on features labeling cached or a lookup computes: seconds, whatever the corpus
         rate, source = rate_from((train["examples"] / train["seconds"] if train.get("examples") and train.get("seconds")
                                   else None, "latest student run"),
                                  (ENCODER_HEAD_LABELS_PER_S, "the demo's encoder student (900 labels in 0.37 s)"))
-        lines.append(Line("student: encoder head", label_docs, "labels", rate, source))
+        lines.append(Line(f"student: {' + '.join(kinds)} heads", label_docs, "labels", rate, source))
     else:
         lines.append(_lm_student_line(spec, label_docs, trained, train, b, cfg, timed, per_example, where,
                                       scaled, bench_batch, rate_from))

@@ -207,13 +207,14 @@ class GRPOSpec(_Strict):
                                     "the SFT warm start for GRPO alone, so GRPO's rewards stay informative.")
 
 
-MemberName = Literal["llm", "encoder", "tfidf"]
+MemberName = Literal["llm", "encoder", "tfidf", "static"]
 
 
 class TeacherSpec(_Strict):
     members: list[MemberName] | None = Field(None, description="The committee's members (classification): llm (SFT "
                                              "+ GRPO), encoder (the sentence encoder + logistic regression), tfidf "
-                                             "(the baseline's model); null: all three. Extraction trains llm alone.")
+                                             "(the baseline's model), static (static token vectors + TF-IDF, a student kind first); null: "
+                                             "llm, encoder and tfidf. Extraction trains llm alone.")
     folds: int = Field(5, ge=2, description="Folds of the out-of-fold predictions over all seeds that weigh the "
                        "members and give the committee's seed figure.")
     reasoning: bool = Field(False, description="Let the teacher think before `Answer:` (costly on CPU).")
@@ -238,10 +239,11 @@ class LabelSpec(_Strict):
 
 
 class StudentSpec(_Strict):
-    kind: Literal["auto", "lm", "encoder"] = Field("auto", description="lm: a causal LM fine-tuned (SFT) on the "
-                                                   "teacher's labels; encoder: the sentence encoder (models.encoder), "
-                                                   "frozen, + logistic regression on them; auto: encoder for "
-                                                   "classification, lm for extraction.")
+    kind: Literal["auto", "lm", "encoder", "static"] = Field(
+        "auto", description="lm: a causal LM fine-tuned (SFT) on the teacher's labels; encoder: the sentence encoder "
+        "(models.encoder), frozen, + logistic regression; static: static token vectors distilled from that encoder "
+        "beside TF-IDF n-grams, two linear heads; auto: train static and encoder (classification; lm too when "
+        "neither passes the gate) and promote the fastest that passes; lm for extraction.")
     sft: SFTSpec = Field(default_factory=SFTSpec)
     min_confidence: float = Field(0.0, ge=0, le=1, description="Teacher labels below this are not trained on.")
     batch_size: int = Field(16, ge=1, description="Documents per inference batch.")
@@ -315,19 +317,22 @@ class TaskSpec(_Strict):
         members = self.teacher.members
         if members is not None and not members:
             raise ValueError("teacher.members: list at least one member (llm, encoder, tfidf), or leave it out")
-        if isinstance(self.output, ExtractionOutput) and self.student.kind == "encoder":
-            raise ValueError("student.kind: encoder ranks a label set; an extraction task needs lm (or auto)")
+        if isinstance(self.output, ExtractionOutput) and self.student.kind in ("encoder", "static"):
+            raise ValueError(f"student.kind: {self.student.kind} ranks a label set; an extraction task needs lm (or auto)")
         if chars is not None and chars < self.prompts.max_doc_chars:
             raise ValueError(f"ingest.read.chars ({chars}) is below prompts.max_doc_chars ({self.prompts.max_doc_chars}):"
                              f" the models would see only the first {chars} characters; raise it or leave it out")
         return self
 
     @property
-    def student_kind(self) -> str:
-        """The student kind `auto` resolves to: encoder for classification, lm for extraction."""
+    def student_kinds(self) -> tuple[list[str], list[str]]:
+        """(the student kinds trained, fastest first; the kinds trained only when none of those passes
+        the gate). `auto`: static and encoder, then lm, for classification; lm for extraction."""
         if self.student.kind != "auto":
-            return self.student.kind
-        return "encoder" if isinstance(self.output, ClassificationOutput) else "lm"
+            return [self.student.kind], []
+        if isinstance(self.output, ClassificationOutput):
+            return ["static", "encoder"], ["lm"]
+        return ["lm"], []
 
     def model_ref(self, value: str) -> str:
         """A model setting as a loader takes it: the path relative to the spec when it exists, else an HF id."""

@@ -1,21 +1,29 @@
 """Stage 4, the student: a smaller, faster model distilled from the teacher's machine labels.
 
 It learns from the teacher's labels that parse and reach `student.min_confidence`, never from a
-seed. `student.kind`: `encoder` (the default for classification) is the pretrained sentence
-encoder, frozen, with a logistic regression on the labels: it starts with what the encoder knows,
-and its embeddings are the ones labeling cached. `lm` is SFT (`sft.train_sft`) of the student base
-model or a shallow copy of it (`student.layers`: evenly spaced layers of the base). The student answers directly (no reasoning): it scores the label set after the
-`Answer:` prefill (`answer.score_answers`) and can emit nothing else. It is measured on the expert
-held-out seeds and on a slice of the teacher's labels kept out of its training (agreement), and
-promoted only when it keeps `student.gate` x the teacher's held-out top-1: bulk labeling uses the
-latest promoted student. The TF-IDF baseline (`baseline.py`, fitted on the seed train split) is
-scored on the same held-out items, and a student below it gets a warning in the metrics.
+seed. Kinds (`student.kind`), fastest first:
+- `static` (`static.py`): static token vectors distilled from the sentence encoder beside TF-IDF
+  n-grams, two linear heads: a lookup per token, thousands of documents a second, as fast as PDFs read;
+- `encoder`: the pretrained sentence encoder, frozen, with a logistic regression: it starts with
+  what the encoder knows, and its embeddings are the ones labeling cached (a transformer per window);
+- `lm`: SFT (`sft.train_sft`) of the student base model or a shallow copy of it (`student.layers`),
+  answering directly: it scores the label set after the `Answer:` prefill (`answer.score_answers`).
+`auto` trains `static` and `encoder` (and `lm` only when neither passes) and promotes the fastest
+that passes the gate. Each candidate is measured on the expert held-out seeds, on a slice of the
+teacher's labels kept out of its training (agreement: the one figure no seed leaks into, as the
+teacher was fitted on every seed) and for speed on fresh text (no embedding cache). The gate: the
+held-out top-1 keeps `student.gate` x the teacher's, and the agreement keeps `student.gate` x the
+most faithful candidate's. Bulk labeling uses the latest promoted student. The TF-IDF baseline
+(`baseline.py`, fitted on the seed train split) is scored on the same held-out items, and a student
+below it gets a warning in the metrics.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +36,13 @@ from distillery.answer import answer_examples, score_answers
 from distillery.errors import StageInputMissing
 from distillery.evaluate import grade_items, seed_items, stable_slice, summarize
 from distillery.inference import TransformersBackend
+from distillery.encoder import Encoder
 from distillery.models import load_tokenizer, shallow_copy
 from distillery.sft import train_sft
 from distillery.spec import ClassificationOutput, TaskSpec
+
+
+SPEED_DOCS = 64  # fresh documents each candidate's speed is timed on
 
 
 @dataclass(frozen=True)
@@ -75,13 +87,13 @@ def _validation_slice(items: list[dict], share: float = 0.1) -> tuple[list[dict]
     return stable_slice(items, max(1, int(len(items) * share)))
 
 
-def fit_student(spec: TaskSpec, base: str, items: list[dict], out: Path) -> tuple[object, dict]:
-    """The student of `student.kind` trained on `items` into out/model; returns (what answers with it,
-    training metrics). `lm`: SFT of the base (or a shallow copy); `encoder`: the sentence encoder's
-    embeddings (cached, usually computed already by the labeling stage) + logistic regression."""
+def fit_student(spec: TaskSpec, kind: str, base: str, items: list[dict], out: Path) -> tuple[object, dict]:
+    """A student of `kind` trained on `items` into out/model; returns (what answers with it, training
+    metrics). `static` and `encoder`: a probability model (`members`); `lm`: SFT of the base (or a
+    shallow copy)."""
     started = time.perf_counter()
-    if spec.student_kind == "encoder":
-        model = members.make_member("encoder", spec).fit(items)
+    if kind in ("static", "encoder"):
+        model = members.make_member(kind, spec).fit(items)
         members.save(model, out / "model")
         return model, {"seconds": time.perf_counter() - started, "examples": len(items)}
     init = base
@@ -91,6 +103,60 @@ def fit_student(spec: TaskSpec, base: str, items: list[dict], out: Path) -> tupl
     train = train_sft(init, answer_examples(spec, items, tokenizer), spec.student.sft, out / "model", seed=spec.seed)
     shutil.rmtree(out / "init", ignore_errors=True)
     return TransformersBackend(str(out / "model"), batch_size=spec.student.batch_size), train
+
+
+def fresh_speed(spec: TaskSpec, model, texts: list[str]) -> float | None:
+    """Documents a second on `texts` as bulk meets them: an encoder student reads through an empty
+    embedding cache (labeling cached these texts' windows), after one warm-up text loads the model."""
+    if not texts:
+        return None
+    with tempfile.TemporaryDirectory() as cache:
+        if getattr(model, "name", None) == "encoder":
+            model = copy.copy(model)
+            model.encoder = Encoder(model.encoder.name, root=spec.root, cache=cache)
+        score_answers(spec, model, texts[:1], student=True)
+        started = time.perf_counter()
+        score_answers(spec, model, texts, student=True)
+        return len(texts) / (time.perf_counter() - started)
+
+
+def choose(candidates: list[dict], gate: float) -> dict:
+    """The fastest candidate that passes, with why. Passing: `promotion` holds (held-out top-1 keeps
+    `gate` x the teacher's) and its agreement with the teacher keeps `gate` x the best candidate's.
+    None passing: the most accurate on the held-out seeds, not promoted."""
+    agreements = [c["teacher_agreement"] for c in candidates if c.get("teacher_agreement") is not None]
+    best_agreement = max(agreements) if agreements else None
+    for c in candidates:
+        faithful = best_agreement is None or c.get("teacher_agreement") is None or \
+            c["teacher_agreement"] >= gate * best_agreement - 1e-9
+        c["passes"] = bool(c["promotion"]["promoted"] and faithful)
+        c["why"] = c["promotion"]["reason"] + ("" if faithful else
+                                               f"; agreement {c['teacher_agreement']:.3f} is below {gate:g} x the "
+                                               f"best candidate's {best_agreement:.3f}")
+    passing = [c for c in candidates if c["passes"]]
+    if passing:
+        pick = max(passing, key=lambda c: c["docs_per_s"] or 0)
+        others = [c["kind"] for c in passing if c is not pick]
+        return {**pick, "why": f"{pick['kind']}: the fastest that passes ({pick['docs_per_s'] or 0:.0f} docs/s)"
+                + (f", beside {', '.join(others)}" if others else "")}
+    pick = max(candidates, key=lambda c: (c["top1"] or 0, c["docs_per_s"] or 0))
+    return {**pick, "why": f"none passes the gate; {pick['kind']} is the most accurate: {pick['why']}"}
+
+
+def measure(spec: TaskSpec, kind: str, model, heldout: list[dict], agreement_items: list[dict],
+            teacher_top1: float | None) -> tuple[pd.DataFrame, dict]:
+    """One candidate's graded held-out rows and its figures: top-1, agreement, fresh docs/s, promotion."""
+    answers, probs = score_answers(spec, model, [it["text"] for it in heldout], student=True)
+    rows = grade_items(spec, heldout, answers, [{"probs": json.dumps(p), "confidence": max(p)} for p in probs])
+    summary = summarize(rows)
+    agreement = None
+    if agreement_items:
+        agreed, _ = score_answers(spec, model, [it["text"] for it in agreement_items], student=True)
+        agreement = float(grade_items(spec, agreement_items, agreed)["top1"].mean())
+    sample = [it["text"] for it in (agreement_items + heldout)][:SPEED_DOCS]
+    return rows, {"kind": kind, **summary, "teacher_agreement": agreement, "docs_per_s": fresh_speed(spec, model, sample),
+                  "layers": model.model.config.num_hidden_layers if kind == "lm" else None,
+                  "promotion": promotion(spec, summary["top1"], teacher_top1)}
 
 
 def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: Path, *, out: Path,
@@ -116,23 +182,31 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
                                 f"{spec.student.min_confidence} (0 of {len(labels)} do)",
                                 "make teacher` with more training, or lower `student.min_confidence")
     train_items, agreement_items = _validation_slice(items)
-    backend, train = fit_student(spec, base, train_items, out)
     heldout = seed_items(spec, seeds, documents, "heldout")
-    scored = time.perf_counter()
-    answers, probs = score_answers(spec, backend, [it["text"] for it in heldout], student=True)
-    docs_per_s = len(heldout) / (time.perf_counter() - scored) if heldout else None
-    rows = grade_items(spec, heldout, answers, [{"probs": json.dumps(p), "confidence": max(p)} for p in probs])
+    kinds, fallback = spec.student_kinds
+    candidates, rows_of, trains = [], {}, {}
+    for kind in kinds + fallback:
+        if kind in fallback and any(c["passes"] for c in candidates):
+            break
+        model, trains[kind] = fit_student(spec, kind, base, train_items, out / kind)
+        rows_of[kind], figures = measure(spec, kind, model, heldout, agreement_items, teacher_top1)
+        candidates.append({**figures, "train_seconds": trains[kind].get("seconds")})
+        choose(candidates, spec.student.gate)  # marks which pass (the fallback runs only when none does)
+    pick = choose(candidates, spec.student.gate)
+    kind = pick["kind"]
+    shutil.rmtree(out / "model", ignore_errors=True)
+    (out / kind / "model").rename(out / "model")
+    for other in kinds + fallback:
+        shutil.rmtree(out / other, ignore_errors=True)
+    rows = rows_of[kind]
     summary = summarize(rows)
     baseline_rows, baseline_metrics = baseline.evaluate(spec, seed_items(spec, seeds, documents, "train"), heldout)
-    agreement = None
-    if agreement_items:
-        agreed, _ = score_answers(spec, backend, [it["text"] for it in agreement_items], student=True)
-        agreement = float(grade_items(spec, agreement_items, agreed)["top1"].mean())
-    metrics = {**summary, "train": train, "trained_on": len(train_items), "filtered_out": int(len(labels) - len(items)),
-               "teacher_agreement": agreement, "agreement_items": len(agreement_items), "docs_per_s": docs_per_s,
-               "kind": spec.student_kind,
-               "layers": backend.model.config.num_hidden_layers if spec.student_kind == "lm" else None,
-               "promotion": promotion(spec, summary["top1"], teacher_top1), "baseline": baseline_metrics,
+    promoted = {**pick["promotion"], "promoted": pick["passes"], "reason": pick["why"]}
+    metrics = {**summary, "train": trains[kind], "trained_on": len(train_items), "filtered_out": int(len(labels) - len(items)),
+               "teacher_agreement": pick["teacher_agreement"], "agreement_items": len(agreement_items),
+               "docs_per_s": pick["docs_per_s"], "kind": kind, "layers": pick["layers"],
+               "candidates": [{k: v for k, v in c.items() if k != "promotion"} for c in candidates],
+               "promotion": promoted, "baseline": baseline_metrics,
                "warnings": baseline.below_baseline("student", summary, baseline_metrics, baseline.student_tips(spec))}
     rows = rows.assign(model="student")
     if len(baseline_rows):

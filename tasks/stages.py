@@ -56,11 +56,12 @@ INGEST = Stage("ingest", ingest, 1, ("source", "ingest"), ("documents", "quarant
                lambda spec: {"pdfs": sources.source_hash(spec.path(spec.source))})
 SEED = Stage("seed", seed, 1, ("seeds", "output"), ("seed_labels",),
              lambda spec: {"seed_file": lake.hash_files([spec.path(spec.seeds.path)])})
-TEACHER = Stage("teacher", teacher, 6, ("output", "prompts", "grader", "models", "teacher", "seed"),
+TEACHER = Stage("teacher", teacher, 7, ("output", "prompts", "grader", "models", "teacher", "seed", "encoder"),
                 ("teacher_eval", "teacher_metrics"),
                 lambda spec: {"base_model": lake.hash_model(spec.path(spec.models.base)), **_encoder(spec)})
 LABEL = Stage("label", label, 4, ("output", "prompts", "label", "teacher"), ("machine_labels", "label_eval"))
-STUDENT = Stage("student", student, 4, ("output", "prompts", "models", "student", "seed"), ("student_eval",),
+STUDENT = Stage("student", student, 5, ("output", "prompts", "models", "student", "seed", "encoder"),
+                ("student_eval",),
                 lambda spec: {"student_model": lake.hash_model(spec.path(spec.models.student)), **_encoder(spec)})
 STAGES = {s.name: s for s in (INGEST, SEED, TEACHER, LABEL, STUDENT)}
 BULK_VERSION, BULK_SECTIONS = 3, ("bulk", "ingest", "prompts", "output")

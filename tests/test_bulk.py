@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +22,20 @@ from conftest import REPO
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> Path:
     return tiny_model(tmp_path_factory.mktemp("student") / "m", REPO / "models" / "base")
+
+
+@pytest.fixture(params=["lm", "static", "encoder"])
+def any_student(request, student, clinical_spec, tiny_encoder_dir, tmp_path) -> Path:
+    """A student of each kind: the tiny LM, or a probability model fitted on a few case reports."""
+    if request.param == "lm":
+        return student
+    from distillery import members
+
+    spec = clinical_spec.model_copy(update={"models": clinical_spec.models.model_copy(update={"encoder": str(tiny_encoder_dir)})})
+    cases = [synth.make_case(i) for i in range(20)]
+    items = [{"text": " ".join(synth._case_paragraphs(c, random.Random(i))), "answer": c.label}
+             for i, c in enumerate(cases)]
+    return members.save(members.make_member(request.param, spec).fit(items), tmp_path / request.param)
 
 
 @pytest.fixture
@@ -181,7 +196,8 @@ bulk.bulk_label(spec, Path(sys.argv[2]), out=Path(sys.argv[3]), progress=False)
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_sigkill_mid_run_then_rerun_labels_every_document_exactly_once(clinical_spec, inbox, student, tmp_path):
+def test_sigkill_mid_run_then_rerun_labels_every_document_exactly_once(clinical_spec, inbox, any_student, tmp_path):
+    student = any_student
     out = tmp_path / "bulk"
     spec = _spec(clinical_spec, inbox, shard_size=4)
     (tmp_path / "spec.json").write_text(spec.model_dump_json())

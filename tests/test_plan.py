@@ -144,9 +144,9 @@ def test_the_base_model_is_timed_here_and_its_times_price_the_stages(clinical_ra
     assert "base model here: scores" in "\n".join(plan(spec, sample=sample)["measured"])
 
 
-def test_an_encoder_student_is_a_head_on_cached_embeddings_not_sft_steps(clinical_raw, corpus):
+def test_static_and_encoder_students_are_heads_on_features_not_sft_steps(clinical_raw, corpus):
     spec = parse_spec({**{k: v for k, v in clinical_raw.items() if k != "profiles"}, "source": "pdfs",
                        "seeds": {"path": "seeds.csv"}}, root=corpus)
     lines = _lines(plan(spec))
-    assert spec.student_kind == "encoder" and "student: SFT" not in lines
-    assert lines["student: encoder head"]["unit"] == "labels"
+    assert spec.student_kinds == (["static", "encoder"], ["lm"]) and "student: SFT" not in lines
+    assert lines["student: static + encoder heads"]["unit"] == "labels"

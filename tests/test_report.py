@@ -97,7 +97,12 @@ def run_results(tmp_path):
             "student", "student-20260101T000004-eee",
             {"student_eval": str(lake.write_parquet(se, out / "student_eval.parquet")), "model": str(out / "model")},
             {"trained_on": 20, "heldout": 10},
-            {"n": 10, "top1": 0.7, "train": {"steps": 5, "seconds": 50.0}, "trained_on": 20, "filtered_out": 0},
+            {"n": 10, "top1": 0.7, "train": {"steps": 5, "seconds": 50.0}, "trained_on": 20, "filtered_out": 0,
+             "kind": "static", "promotion": {"promoted": True, "reason": "static: the fastest that passes (2,900 docs/s)"},
+             "candidates": [{"kind": "static", "top1": 0.7, "teacher_agreement": 0.9, "docs_per_s": 2900.0,
+                             "train_seconds": 1.5, "passes": True},
+                            {"kind": "encoder", "top1": 0.75, "teacher_agreement": 0.95, "docs_per_s": 15.0,
+                             "train_seconds": 0.4, "passes": True}]},
             60.0, "kstudent")
         results["bulk"] = StageResult("bulk", "bulk-20260101T000005-fff",
                                       {"bulk_labels": json.dumps([]), "folder": str(out / "bulk")},
@@ -127,6 +132,7 @@ def test_every_section_is_present_with_plots_inlined(clinical_spec, run_results,
     assert "could not render" not in page
     accuracy = _section(page, "accuracy")
     assert "0.700" in accuracy and "0.000" in accuracy  # teacher and base top-1 from the per-item rows
+    assert "2,900" in accuracy and "Promoted: static: the fastest that passes" in accuracy  # every student candidate
     cal = _section(page, "calibration")
     expected = calibration([0.95, 0.9, 0.85, 0.7, 0.65, 0.6, 0.55, 0.4, 0.3, 0.2],
                            [True, True, False, True, False, True, True, True, False, True])

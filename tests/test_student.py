@@ -177,3 +177,66 @@ def test_the_student_stage_trains_a_shallow_student_and_applies_the_gate(labeled
     assert "is below" in rejected.metrics["promotion"]["reason"]
     evaluated = lake.read_table(kept.path("student_eval")).to_pylist()
     assert all(0 < r["confidence"] <= 1 for r in evaluated)
+
+
+# ---- student kinds: auto promotes the fastest that passes ----------------------------------------
+
+def _candidate(kind: str, top1: float, speed: float, agreement: float | None, teacher: float, spec) -> dict:
+    return {"kind": kind, "top1": top1, "docs_per_s": speed, "teacher_agreement": agreement,
+            "promotion": student.promotion(spec, top1, teacher)}
+
+
+def test_auto_promotes_the_fastest_candidate_above_the_gate_and_none_below(clinical_spec):
+    spec = clinical_spec.model_copy(update={"student": clinical_spec.student.model_copy(update={"gate": 0.95})})
+    fast_good = _candidate("static", 0.74, 3000, 0.90, 0.76, spec)
+    slow_good = _candidate("encoder", 0.76, 15, 0.92, 0.76, spec)
+    pick = student.choose([fast_good, slow_good], 0.95)
+    assert pick["kind"] == "static" and pick["passes"] and "fastest that passes" in pick["why"]
+    # the fastest below the gate is passed over for a slower one above it
+    fast_bad = _candidate("static", 0.70, 3000, 0.90, 0.76, spec)
+    pick = student.choose([fast_bad, slow_good], 0.95)
+    assert pick["kind"] == "encoder" and not fast_bad["passes"]
+    # above the gate on the seeds, but it keeps too little of the teacher on documents none trained on
+    unfaithful = _candidate("static", 0.76, 3000, 0.80, 0.76, spec)
+    pick = student.choose([unfaithful, slow_good], 0.95)
+    assert pick["kind"] == "encoder" and "agreement 0.800 is below 0.95 x the best candidate's 0.920" in unfaithful["why"]
+    # none passes: the most accurate is kept, not promoted
+    pick = student.choose([fast_bad, _candidate("encoder", 0.71, 15, 0.9, 0.76, spec)], 0.95)
+    assert pick["kind"] == "encoder" and not pick["passes"] and pick["why"].startswith("none passes the gate")
+
+
+def test_auto_trains_static_and_encoder_for_classification_and_lm_for_extraction(clinical_spec, invoice_spec):
+    assert clinical_spec.model_copy(update={"student": clinical_spec.student.model_copy(
+        update={"kind": "auto"})}).student_kinds == (["static", "encoder"], ["lm"])
+    assert invoice_spec.student_kinds == (["lm"], [])
+    with pytest.raises(ValueError, match="static ranks a label set"):
+        type(invoice_spec).model_validate({**invoice_spec.model_dump(), "student": {"kind": "static"}})
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_auto_measures_every_candidate_and_promotes_the_fastest_that_passes(labeled, tmp_path, monkeypatch):
+    from distillery import members
+
+    spec, docs, seeds, labels = labeled
+    spec = spec.model_copy(update={"student": spec.student.model_copy(update={"kind": "auto"})})
+    seen = []
+    fit = student.fit_student
+    monkeypatch.setattr(student, "fit_student", lambda spec, kind, base, items, out:
+                        seen.append((kind, {it["sha256"] for it in items})) or fit(spec, kind, base, items, out))
+    kept = student.train_student(spec, labels, seeds, docs, out=tmp_path / "a", teacher_top1=0.0)
+    seeded = set(lake.read_table(seeds).column("sha256").to_pylist())
+    assert [k for k, _ in seen] == ["static", "encoder"], "lm is trained only when neither passes"
+    assert all(not (shas & seeded) for _, shas in seen), "a student never trains on a seed it is scored on"
+    candidates = {c["kind"]: c for c in kept.metrics["candidates"]}
+    assert set(candidates) == {"static", "encoder"} and all(c["passes"] and c["docs_per_s"] > 0 for c in candidates.values())
+    fastest = max(candidates, key=lambda k: candidates[k]["docs_per_s"])
+    assert kept.metrics["kind"] == fastest and kept.metrics["promotion"]["promoted"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir()) == ["model"]
+    model = members.load_labeler(tmp_path / "a" / "model")
+    assert model.name == fastest and model.probabilities(["fever and cough"]).shape == (1, len(spec.output.labels))
+    # none passes: the LM is trained as the last resort, and the most accurate is kept unpromoted
+    seen.clear()
+    rejected = student.train_student(spec, labels, seeds, docs, out=tmp_path / "b", teacher_top1=1.0)
+    assert [k for k, _ in seen] == ["static", "encoder", "lm"]
+    assert not rejected.metrics["promotion"]["promoted"] and "none passes" in rejected.metrics["promotion"]["reason"]

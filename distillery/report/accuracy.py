@@ -43,6 +43,21 @@ def committee_table(board: dict) -> str:
             + note(board["llm_added"][0].upper() + board["llm_added"][1:] + "."))
 
 
+def candidates_table(metrics: dict) -> str:
+    """The student candidates: each one's held-out top-1, agreement with the teacher on labels kept out
+    of its training, fresh docs/s, whether it passes the gate, and why the promoted one was chosen."""
+    def fmt(x, spec=".3f"):
+        return "" if x is None else format(x, spec)
+
+    rows = [[c["kind"], fmt(c.get("top1")), fmt(c.get("teacher_agreement")), fmt(c.get("docs_per_s"), ",.0f"),
+             fmt(c.get("train_seconds"), ".1f"), "yes" if c.get("passes") else "no"]
+            for c in metrics["candidates"]]
+    promoted = metrics.get("promotion", {})
+    return (note("Student candidates, fastest first (speed on fresh text, no embedding cache):")
+            + table(["kind", "held-out top-1", "agreement with teacher", "docs/s", "train s", "passes"], rows)
+            + note(("Promoted: " if promoted.get("promoted") else "Not promoted: ") + promoted.get("reason", "") + "."))
+
+
 def section_accuracy(spec: TaskSpec, run: Run) -> Raw:
     sets = eval_sets(run)
     rows = [_accuracy_row(model, r) for model, r in sets]
@@ -62,6 +77,8 @@ def section_accuracy(spec: TaskSpec, run: Run) -> Raw:
         parts.append(note(f"Student trained on {student.metrics['trained_on']} machine labels "
                           f"({student.metrics.get('filtered_out', 0)} filtered out below confidence "
                           f"{spec.student.min_confidence})."))
+    if student and student.metrics.get("candidates"):
+        parts.append(candidates_table(student.metrics))
     teacher = run.get("teacher")
     if teacher and teacher.metrics.get("committee"):
         parts.append(committee_table(teacher.metrics["committee"]))
