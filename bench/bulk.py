@@ -105,15 +105,17 @@ def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path | 
     to use instead, every one of them."""
     import torch
 
-    from distillery import bulk
-    from distillery.inference import TransformersBackend
+    from distillery import bulk, members
     from distillery.answer import score_answers
+    from distillery.members import is_labeler, load_labeler
+    from distillery.student import uncached
     from distillery.spec import load_spec
 
     wall = time.perf_counter()
     load = os.getloadavg()
     spec = load_spec(spec_path, profile=profile)
     student = model or lake.current_model(lake.Layout.at(), spec.name) or str(spec.path(spec.models.base))
+    student_folder = student
     workers = workers or spec.ingest.workers
     batch = spec.bulk.batch_size if spec.bulk else 16
     torch.set_num_threads(os.cpu_count() or 1)
@@ -136,18 +138,27 @@ def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path | 
     pages = sum(r.pages for r in extracted if r.verdict == "ok")
     texts = [r.text for r in sorted(extracted, key=lambda r: r.path) if r.verdict == "ok"]
 
-    peak = matmul_peak_gflops()
-    backend = TransformersBackend(student, batch_size=batch)
+    scratch = tempfile.TemporaryDirectory()
+    backend = load_labeler(student, batch_size=batch, backend="transformers")
+    kind = getattr(backend, "name", "lm")
+    if is_labeler(student):  # a probability model: an encoder student reads through an empty cache, as on new PDFs
+        student = str(members.save(uncached(spec, backend, Path(scratch.name) / "cache-end-to-end"),
+                                   Path(scratch.name) / "student"))
+        backend = uncached(spec, backend, Path(scratch.name) / "cache-warm-up")
+    lm = hasattr(backend, "model") and hasattr(backend.model, "config")
+    peak = matmul_peak_gflops() if lm else None
     score_answers(spec, backend, texts[:batch], student=True)  # warm-up
     flops, tokens = 0.0, 0
-    for start in range(0, len(texts), batch):
+    for start in range(0, len(texts), batch) if lm else ():
         f, t = scoring_flops(spec, backend, texts[start:start + batch])
         flops, tokens = flops + f, tokens + t
+    if not lm:  # the scoring pass below fills the empty cache: start it empty again for end to end
+        backend = uncached(spec, backend, Path(scratch.name) / "cache-scoring")
     started = time.perf_counter()
     for start in range(0, len(texts), batch):
         score_answers(spec, backend, texts[start:start + batch], student=True)
     inference_s = time.perf_counter() - started
-    params_m = sum(p.numel() for p in backend.model.parameters()) / 1e6
+    params_m = sum(p.numel() for p in backend.model.parameters()) / 1e6 if lm else None
     del backend
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,26 +178,30 @@ def run(spec_path: str, profile: str = "demo", docs: int = 5000, corpus: Path | 
     slower = min(rates["inference_only_docs_per_s"], rates["extraction_only_docs_per_s"])
     shared = 1 / (1 / rates["inference_only_docs_per_s"] + 1 / rates["extraction_only_docs_per_s"])
     achieved = flops / inference_s / 1e9
+    scratch.cleanup()
     return {
         "docs": n, **rates,
         "overlap_efficiency": rates["end_to_end_docs_per_s"] / slower,
         "shared_core_bound_docs_per_s": shared,
         "shared_core_efficiency": rates["end_to_end_docs_per_s"] / shared,
-        "matmul_peak_gflops": peak, "model_gflops": achieved, "mfu": achieved / peak,
-        "mfu_end_to_end": flops / end_to_end_s / 1e9 / peak,
+        "end_to_end_vs_extraction": rates["end_to_end_docs_per_s"] / rates["extraction_only_docs_per_s"],
+        "matmul_peak_gflops": peak, "model_gflops": achieved if lm else None, "mfu": achieved / peak if lm else None,
+        "mfu_end_to_end": flops / end_to_end_s / 1e9 / peak if lm else None,
         "pages_per_s": pages / end_to_end_s, "pages": pages,
         "extraction_vs_bare": rates["extraction_only_docs_per_s"] / rates["bare_all_pages_docs_per_s"],
         "extraction_vs_bare_window": rates["extraction_only_docs_per_s"] / rates["bare_window_docs_per_s"],
-        "model_gflop_per_doc": flops / len(texts) / 1e9, "tokens_per_doc": tokens / len(texts),
+        "model_gflop_per_doc": flops / len(texts) / 1e9 if lm else None,
+        "tokens_per_doc": tokens / len(texts) if lm else None,
         "targets": {"overlap_efficiency>=0.85": rates["end_to_end_docs_per_s"] / slower >= 0.85,
-                    "mfu>=0.40": achieved / peak >= 0.40,
+                    "end_to_end>=0.85x_extraction": rates["end_to_end_docs_per_s"] >= 0.85 * rates["extraction_only_docs_per_s"],
+                    **({"mfu>=0.40": achieved / peak >= 0.40} if lm else {}),
                     "extraction>=0.8x_bare": rates["extraction_only_docs_per_s"] >= 0.8 * rates["bare_all_pages_docs_per_s"],
                     "shared_core_efficiency>=0.9": rates["end_to_end_docs_per_s"] / shared >= 0.9},
         "counts": result.counts, "seconds": {"corpus": corpus_s, "bare_all_pages": bare_s, "bare_window": bare_window_s,
                                              "extraction_only": extraction_s,
                                              "inference_only": inference_s, "end_to_end": end_to_end_s,
                                              "wall": time.perf_counter() - wall},
-        "student": student, "batch_size": batch, "workers": workers, "window": window, "engine": "local",
+        "student": student_folder, "student_kind": kind, "batch_size": batch, "workers": workers, "window": window, "engine": "local",
         "params_m": params_m,
         **common.machine(torch_threads=True),
         "loadavg_at_start": load, "corpus": str(corpus), "corpus_bytes": corpus_bytes,

@@ -9,7 +9,9 @@ Stacking in its simplest honest form (Wolpert 1992; the linear opinion pool):
    members a weight on the simplex (a grid, step 0.05, maximising the top-1 of the weighted mean over
    all seeds, ties broken by its log-likelihood; on a seed the LLM trained on, the others' weights
    renormalised, so the LLM's weight is judged on its own seeds only): a useless member gets weight
-   0, and a member at weight 0 is never run again (it costs no labeling time). Top-1 first because
+   0, and a member at weight 0 is never run again (it costs no labeling time); the LLM, the costly
+   member, keeps its weight only if the nested committee (3.) beats the one without it on the seeds
+   it did not train on, else it gets 0 and the others are reweighted. Top-1 first because
    it is what a user is scored on: on texlive_dev, log-likelihood alone let the sharper encoder take
    0.95 of the weight and the committee's out-of-fold top-1 fell from 0.738 to 0.688 (the
    log-likelihood tiebreak still sends a member that never changes an answer to 0).
@@ -206,15 +208,21 @@ def build(spec, items: list[dict], names: list[str], *, llm=None, encoder=None) 
             probs[name] = out_of_fold(lambda: make_member(name, spec, encoder=encoder), items, folds, len(labels))
     weights, temps = fit_combination(probs, gold)
     nested = nested_out_of_fold(probs, gold, folds)
+    gain = llm_gain(probs, nested, gold, folds)
+    if gain is not None and weights["llm"] > 0 and not (gain["gain"] and gain["gain"] > 0):
+        # the costly member earns its place out of fold or labels nothing: the others reweighted
+        others = {m: p for m, p in probs.items() if m != "llm"}
+        weights = {**fit_combination(others, gold)[0], "llm": 0.0}
+        nested = nested_out_of_fold(others, gold, folds)
     fitted = {name: llm if name == "llm" else make_member(name, spec, encoder=encoder).fit(items) for name in names}
     committee = Committee(labels, fitted, weights, temps,
                           out_of_fold={it["sha256"]: row.tolist() for it, row in zip(items, nested)
                                        if np.isfinite(row).all()})
-    return committee, seed_metrics(probs, nested, gold, weights, temps, folds)
+    return committee, seed_metrics(probs, nested, gold, weights, temps, folds, gain)
 
 
 def seed_metrics(probs: dict[str, np.ndarray], nested: np.ndarray, gold: np.ndarray, weights: dict, temps: dict,
-                 folds: np.ndarray) -> dict:
+                 folds: np.ndarray, gain: dict | None = None) -> dict:
     """Each member's and the committee's out-of-fold top-1 (with intervals), weights, temperatures,
     paired gains against the best member and the TF-IDF baseline, and what the LLM added."""
     members = {m: {**accuracy(p, gold), "weight": weights[m], "temperature": round(temps[m], 4)}
@@ -226,25 +234,31 @@ def seed_metrics(probs: dict[str, np.ndarray], nested: np.ndarray, gold: np.ndar
            "gain_vs_best_member": paired_gain(nested, probs[best], gold)}
     if "tfidf" in probs:
         out["gain_vs_baseline"] = paired_gain(nested, probs["tfidf"], gold)
-    out["llm_added"] = llm_added(probs, nested, gold, weights, folds)
+    out["llm_added"] = llm_added(probs, weights, gain if gain is not None else llm_gain(probs, nested, gold, folds))
     return out
 
 
-def llm_added(probs: dict[str, np.ndarray], nested: np.ndarray, gold: np.ndarray, weights: dict,
-              folds: np.ndarray) -> str:
+def llm_gain(probs: dict[str, np.ndarray], nested: np.ndarray, gold: np.ndarray, folds: np.ndarray) -> dict | None:
+    """The nested committee's top-1 with the LLM minus without it, on the seeds the LLM did not train
+    on (None without an LLM beside other members)."""
+    others = {m: p for m, p in probs.items() if m != "llm"}
+    if "llm" not in probs or not others:
+        return None
+    rows = _covered(probs)
+    without = nested_out_of_fold({m: np.where(rows[:, None], p, np.nan) for m, p in others.items()}, gold, folds)
+    return paired_gain(nested, without, gold)
+
+
+def llm_added(probs: dict[str, np.ndarray], weights: dict, gain: dict | None) -> str:
     """One sentence: what the LLM member added to the committee on the seeds it never trained on."""
     if "llm" not in probs:
         return "no LLM member (teacher.members leaves it out)"
-    others = {m: p for m, p in probs.items() if m != "llm"}
-    if not others:
+    if gain is None:
         return "the LLM is the only member"
-    rows = _covered(probs)
-    without = nested_out_of_fold({m: np.where(rows[:, None], p, np.nan) for m, p in others.items()}, gold, folds)
-    gain = paired_gain(nested, without, gold)
     if weights["llm"] == 0 or not gain["gain"] or gain["gain"] <= 0:
-        return (f"the LLM added nothing on the {gain['n']} seeds it did not train on (weight {weights['llm']:.2f}, "
-                f"top-1 {_pct(gain)}): a larger base model on a GPU profile (models.base, e.g. Qwen/Qwen3-0.6B) is "
-                f"what could add knowledge the encoder and TF-IDF lack")
+        return (f"the LLM added nothing on the {gain['n']} seeds it did not train on (nested top-1 with it "
+                f"{_pct(gain)}; weight {weights['llm']:.2f}, so labeling never runs it): a larger base model on a "
+                f"GPU profile (models.base, e.g. Qwen/Qwen3-0.6B) is what could add knowledge the encoder and TF-IDF lack")
     return (f"the LLM added {_pct(gain)} top-1 on the {gain['n']} seeds it did not train on (weight "
             f"{weights['llm']:.2f}), 95% interval [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]")
 

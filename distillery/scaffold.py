@@ -110,8 +110,9 @@ seeds:
 models:
   base: {base}
   student: {base}
-# The demo's recipe for a 2-core CPU: a short SFT warm start and 16 GRPO steps for the teacher,
-# a one-layer student trained on the teacher's labels.
+# The demo's recipe for a 2-core CPU: a short SFT warm start and 16 GRPO steps for the teacher's
+# LLM member; the student: kind auto (static and encoder heads, the fastest that passes the gate),
+# or kind lm: one decoder layer trained on the teacher's labels.
 teacher:
   sft: {{epochs: 3, learning_rate: 5.0e-5, batch_size: 4}}
   grpo: {{steps: 16, num_generations: 8, prompts_per_step: 2, learning_rate: 2.0e-5, temperature: 1.0,
@@ -121,6 +122,7 @@ label:
   batch_size: 16
   max_new_tokens: 16
 student:
+{_c("  kind: auto", "static and encoder students on the teacher's labels: the fastest that passes")}
   layers: 1
   sft: {{epochs: 4, learning_rate: 1.0e-3, batch_size: 8}}
 {_c("  gate: 0.9", "promoted only if its held-out top-1 is at least 0.9 x the teacher's")}

@@ -239,11 +239,10 @@ class LabelSpec(_Strict):
 
 
 class StudentSpec(_Strict):
-    kind: Literal["auto", "lm", "encoder", "static"] = Field(
-        "auto", description="lm: a causal LM fine-tuned (SFT) on the teacher's labels; encoder: the sentence encoder "
-        "(models.encoder), frozen, + logistic regression; static: static token vectors distilled from that encoder "
-        "beside TF-IDF n-grams, two linear heads; auto: train static and encoder (classification; lm too when "
-        "neither passes the gate) and promote the fastest that passes; lm for extraction.")
+    kind: Literal["auto", "lm", "encoder", "static"] = Field("auto", description=(
+        "lm: a causal LM, SFT on the teacher's labels; encoder: the sentence encoder, frozen, + logistic regression; "
+        "static: token vectors distilled from it beside TF-IDF, two linear heads; auto: static and encoder (lm when "
+        "neither passes the gate), the fastest that passes; lm for extraction."))
     sft: SFTSpec = Field(default_factory=SFTSpec)
     min_confidence: float = Field(0.0, ge=0, le=1, description="Teacher labels below this are not trained on.")
     batch_size: int = Field(16, ge=1, description="Documents per inference batch.")

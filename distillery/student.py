@@ -105,15 +105,23 @@ def fit_student(spec: TaskSpec, kind: str, base: str, items: list[dict], out: Pa
     return TransformersBackend(str(out / "model"), batch_size=spec.student.batch_size), train
 
 
+def uncached(spec: TaskSpec, model, cache: str | Path):
+    """`model` reading through an empty embedding cache at `cache` when it embeds with the sentence
+    encoder (an `encoder` student), else `model` itself: how it meets documents it never saw."""
+    if getattr(model, "name", None) != "encoder":
+        return model
+    model = copy.copy(model)
+    model.encoder = Encoder(model.encoder.name, root=spec.root, cache=cache)
+    return model
+
+
 def fresh_speed(spec: TaskSpec, model, texts: list[str]) -> float | None:
     """Documents a second on `texts` as bulk meets them: an encoder student reads through an empty
     embedding cache (labeling cached these texts' windows), after one warm-up text loads the model."""
     if not texts:
         return None
     with tempfile.TemporaryDirectory() as cache:
-        if getattr(model, "name", None) == "encoder":
-            model = copy.copy(model)
-            model.encoder = Encoder(model.encoder.name, root=spec.root, cache=cache)
+        model = uncached(spec, model, cache)
         score_answers(spec, model, texts[:1], student=True)
         started = time.perf_counter()
         score_answers(spec, model, texts, student=True)

@@ -56,7 +56,7 @@ INGEST = Stage("ingest", ingest, 1, ("source", "ingest"), ("documents", "quarant
                lambda spec: {"pdfs": sources.source_hash(spec.path(spec.source))})
 SEED = Stage("seed", seed, 1, ("seeds", "output"), ("seed_labels",),
              lambda spec: {"seed_file": lake.hash_files([spec.path(spec.seeds.path)])})
-TEACHER = Stage("teacher", teacher, 7, ("output", "prompts", "grader", "models", "teacher", "seed", "encoder"),
+TEACHER = Stage("teacher", teacher, 8, ("output", "prompts", "grader", "models", "teacher", "seed", "encoder"),
                 ("teacher_eval", "teacher_metrics"),
                 lambda spec: {"base_model": lake.hash_model(spec.path(spec.models.base)), **_encoder(spec)})
 LABEL = Stage("label", label, 4, ("output", "prompts", "label", "teacher"), ("machine_labels", "label_eval"))

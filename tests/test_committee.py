@@ -289,13 +289,23 @@ def test_a_documents_embedding_is_computed_once_across_teacher_label_and_student
         "teacher": spec.teacher.model_copy(update={"members": ["encoder", "tfidf"]}),
         "student": spec.student.model_copy(update={"kind": "encoder"})})
     encoded: list[str] = []
-    original = SentenceTransformer.encode
+    timing: list[bool] = []  # inside the student's speed measurement, which reads fresh text on purpose
+    original, fresh_speed = SentenceTransformer.encode, student.fresh_speed
 
     def spy(self, sentences, *args, **kwargs):
-        encoded.extend(sentences)
+        if not timing:
+            encoded.extend(sentences)
         return original(self, sentences, *args, **kwargs)
 
+    def timed(*args, **kwargs):
+        timing.append(True)
+        try:
+            return fresh_speed(*args, **kwargs)
+        finally:
+            timing.pop()
+
     monkeypatch.setattr(SentenceTransformer, "encode", spy)
+    monkeypatch.setattr(student, "fresh_speed", timed)
     docs = ingest.ingest(spec, out=tmp_path / "ingest").path("documents")
     seeds = seed.import_seeds(spec, docs, out=tmp_path / "seed").path("seed_labels")
     taught = teacher.train_teacher(spec, seeds, docs, out=tmp_path / "teacher")
@@ -339,3 +349,30 @@ def test_a_committee_is_warned_against_the_baseline_out_of_fold_on_every_seed(sp
     board["committee"]["top1"] = 0.85
     assert teacher_warnings(spec, {**heldout, "committee": board}) == []
     assert teacher_warnings(spec, heldout) == [], "without a committee: the held-out seeds decide"
+
+
+class FixedLLM:
+    """An `llm` member already trained: answers from a table of rows by text (uniform elsewhere)."""
+
+    name = "llm"
+
+    def __init__(self, rows: dict[str, np.ndarray], n_labels: int):
+        self.rows, self.n_labels = rows, n_labels
+
+    def probabilities(self, texts):
+        return np.stack([self.rows.get(t, np.full(self.n_labels, 1 / self.n_labels)) for t in texts])
+
+
+def test_the_llm_keeps_a_weight_only_if_the_nested_committee_is_better_with_it(spec):
+    """The costly member earns its place out of fold: one that adds nothing is dropped (weight 0, so
+    labeling never runs it) and the others reweighted; one that knows the answers keeps its weight."""
+    labels = list(spec.output.labels)
+    items = [{**it, "split": "train" if i < 40 else "heldout"} for i, it in enumerate(case_items(60))]
+    useless = FixedLLM({}, len(labels))
+    board, metrics = committee.build(spec, items, ["tfidf", "llm"], llm=useless)
+    assert board.weights == {"tfidf": 1.0, "llm": 0.0}
+    assert "the LLM added nothing on the 20 seeds" in metrics["llm_added"] and "never runs it" in metrics["llm_added"]
+    knows = FixedLLM({it["text"]: 0.9 * np.eye(len(labels))[labels.index(it["answer"])] + 0.01 for it in items},
+                     len(labels))
+    board, metrics = committee.build(spec, items, ["tfidf", "llm"], llm=knows)
+    assert board.weights["llm"] > 0 and "the LLM added +" in metrics["llm_added"]
