@@ -10,7 +10,8 @@ half, which it never saw a label for, then the halves swap (every document is sc
 teacher's own labels of the scored half are the reference, and the TF-IDF baseline fitted on the
 seed train split sits beside them.
 
-- curve: hard labels (the teacher's first answer), n labels per half, a stable subset;
+- curve: hard labels (the teacher's first answer), n labels per half, a stable subset, then all of
+  the half (`halves` gives their sizes);
 - targets, at every label: `hard`; `weighted` (each label weighted by the teacher's confidence);
   `filtered` (confidence >= 0.5 only); `soft` (a row per label the teacher gave >= 0.05, weighted
   by its probability): the teacher's probabilities used three ways;
@@ -82,14 +83,14 @@ def curve(spec_path: str, profile: str = "demo", heldout: str = worth.HELDOUT, s
     teacher = np.array([it["teacher"] for it in scored]) == truth
     train_seeds = seed_items(spec, outputs["seed"]["seed_labels"], outputs["ingest"]["documents"], "train")
     base = baseline.fit(spec, train_seeds).probabilities([it["text"] for it in scored])
-    result = {"docs": len(scored), "missing": missing["n"], "teacher": summary(teacher),
+    result = {"docs": len(scored), "missing": missing["n"], "halves": [len(h) for h in halves], "teacher": summary(teacher),
               "baseline": summary(np.array(labels)[base.argmax(axis=1)] == truth, teacher), "kinds": {}}
     encoder = members.spec_encoder(spec)
     for kind in KINDS:
         make = lambda kind=kind: members.make_member(kind, spec, encoder=encoder)  # noqa: E731
         arm = {"curve": {str(n): summary(score(make, n=n), teacher)["top1"] for n in SIZES if n < len(halves[0])}}
         arm["targets"] = {t: summary(score(make, t), teacher) for t in TARGETS}
-        arm["curve"][str(min(len(h) for h in halves))] = arm["targets"]["hard"]["top1"]
+        arm["curve"]["all"] = arm["targets"]["hard"]["top1"]
         fitted = make().fit(training_rows(halves[0], "hard", labels))
         arm["docs_per_s"] = fresh_speed(spec, fitted, [it["text"] for it in halves[1][:speed_docs]])
         arm["ratio_to_teacher"] = arm["targets"]["hard"]["top1"] / result["teacher"]["top1"]

@@ -18,12 +18,14 @@ like the encoder member's, and a logistic regression on them.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
+import regex
 
 from distillery import lake
 from distillery.encoder import Encoder
@@ -32,6 +34,10 @@ from distillery.prompts import document_text
 DIMS = 256  # PCA components (model2vec's default)
 SIF = 1e-4  # the SIF coefficient a (model2vec's default)
 VECTORS, TOKENIZER = "vectors.npy", "tokenizer.json"
+# BERT's pre-tokenizer: whitespace splits, and each punctuation mark (ASCII's, Unicode's P*) stands alone
+_PUNCT = r"\p{P}!-/:-@\[-`{-~"
+_WORDS = regex.compile(rf"[^\s{_PUNCT}]+|[{_PUNCT}]")
+WORD_CACHE = 500_000  # distinct words remembered (then forgotten at once): bounded memory on any corpus
 
 
 def distill(encoder_path: str | Path, out: str | Path, *, dims: int = DIMS, sif: float = SIF,
@@ -93,12 +99,34 @@ class StaticModel:
         self.tokenizer = Tokenizer.from_file(str(Path(folder) / TOKENIZER))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
+        self._words: dict[str, list[int]] = {}
+
+    def token_ids(self, text: str) -> list[int]:
+        """The tokenizer's ids for `text`, word by word through a cache: a regex split finds
+        the words (whitespace and each punctuation mark apart, as BERT's pre-tokenizer splits) and
+        each new word goes through the tokenizer once (its normalisation and word pieces). Four to
+        six times faster than tokenizing every document whole, the same ids (tests/test_static.py)."""
+        out, known = [], self._words
+        for word in _WORDS.findall(text):
+            ids = known.get(word)
+            if ids is None:
+                if len(known) >= WORD_CACHE:
+                    known.clear()
+                ids = known[word] = self.tokenizer.encode(word, add_special_tokens=False).ids
+            out.extend(ids)
+        return out
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.vectors.shape[1]), np.float32)
-        for i, enc in enumerate(self.tokenizer.encode_batch(texts, add_special_tokens=False)):
-            if enc.ids:
-                out[i] = self.vectors[enc.ids].mean(axis=0)
+        """One normalised row per text (zeros for a text with no token): a sparse (texts x vocabulary)
+        matrix of token shares times the vectors, one matrix product for the batch."""
+        from scipy.sparse import csr_matrix
+
+        ids = [self.token_ids(t) for t in texts]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        shares = csr_matrix((np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32),
+                             np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())),
+                             np.concatenate([[0], np.cumsum(lengths)])), shape=(len(texts), len(self.vectors)))
+        out = np.asarray(shares @ self.vectors, dtype=np.float32)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
@@ -134,7 +162,8 @@ class StaticMember:
         """The first window's vector beside the vector of everything ingestion kept, each normalised."""
         read = self.spec.prompts.max_doc_chars * self.spec.encoder.chunks
         firsts = self.model.encode([document_text(t, self.spec) for t in texts])
-        wholes = self.model.encode([document_text(t, self.spec, read) for t in texts])
+        wholes = self.model.encode([document_text(t, self.spec, read) for t in texts]) if self.spec.encoder.chunks > 1 \
+            else firsts  # one window: the whole read is the first window
         return np.hstack([firsts, wholes])
 
     def fit(self, items: list[dict]) -> "StaticMember":
