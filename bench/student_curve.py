@@ -89,7 +89,9 @@ def curve(spec_path: str, profile: str = "demo", heldout: str = worth.HELDOUT, s
     for kind in KINDS:
         make = lambda kind=kind: members.make_member(kind, spec, encoder=encoder)  # noqa: E731
         arm = {"curve": {str(n): summary(score(make, n=n), teacher)["top1"] for n in SIZES if n < len(halves[0])}}
-        arm["targets"] = {t: summary(score(make, t), teacher) for t in TARGETS}
+        right = {t: score(make, t) for t in TARGETS}
+        arm["targets"] = {t: {**summary(r, teacher), **({"minus_hard": paired_difference(r, right["hard"])}
+                                                        if t != "hard" else {})} for t, r in right.items()}
         arm["curve"]["all"] = arm["targets"]["hard"]["top1"]
         fitted = make().fit(training_rows(halves[0], "hard", labels))
         arm["docs_per_s"] = fresh_speed(spec, fitted, [it["text"] for it in halves[1][:speed_docs]])
