@@ -148,7 +148,10 @@ def choose(candidates: list[dict], gate: float) -> dict:
         return {**pick, "why": f"{pick['kind']}: the fastest that passes ({pick['docs_per_s'] or 0:.0f} docs/s)"
                 + (f", beside {', '.join(others)}" if others else "")}
     pick = max(candidates, key=lambda c: (c["top1"] or 0, c["docs_per_s"] or 0))
-    return {**pick, "why": f"none passes the gate; {pick['kind']} is the most accurate: {pick['why']}"}
+    if len(candidates) == 1:
+        return pick
+    return {**pick, "why": f"{pick['why']} ({pick['kind']}: none of the {len(candidates)} candidates passes the "
+                           f"gate, it is the most accurate)"}
 
 
 def measure(spec: TaskSpec, kind: str, model, heldout: list[dict], agreement_items: list[dict],

@@ -198,7 +198,8 @@ def test_the_next_plan_prices_each_stage_by_the_run_it_made(first_run, flow_home
     lines = {ln["stage"]: ln for ln in plan(load_spec(tiny_task / "tiny.yaml"), root=flow_home, bulk_docs=10)["lines"]}
     assert lines["teacher: GRPO"]["rate_per_s"] == pytest.approx(grpo["steps"] / grpo["seconds"])
     for stage, source in (("teacher: GRPO", "latest teacher run"), ("teacher: SFT warm start", "latest teacher run"),
-                          ("label", "latest label run"), ("student: encoder head", "latest student run"), ("bulk", "latest bulk run")):
+                          ("label", "latest label run"), ("student: static + encoder heads", "latest student run"),
+                          ("bulk", "latest bulk run")):
         assert lines[stage]["source"].startswith(source), stage
 
 
