@@ -70,6 +70,30 @@ class Baseline:
         return ranked_answers(self.spec, probs), probs.tolist()
 
 
+class LinearHead:
+    """A logistic regression on `self.features(texts)` (C = `self.C`), answering with rows in the
+    spec's label order (`self.labels`); trained on one label alone, that label at 1 (a logistic
+    regression cannot fit one class). The encoder member and the static student kind are this head
+    over their own features."""
+
+    head, only = None, None
+
+    def fit(self, items: list[dict]):
+        from sklearn.linear_model import LogisticRegression
+
+        answers = [gold_label(it["answer"]) for it in items]
+        self.only = answers[0] if len(set(answers)) == 1 else None
+        self.head = None
+        if self.only is None:
+            self.head = LogisticRegression(C=self.C, max_iter=5000).fit(self.features([it["text"] for it in items]),
+                                                                         answers, sample_weight=weights(items))
+        return self
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        features = self.features(texts) if texts and self.head is not None else texts
+        return label_probabilities(self.labels, self.head, self.only, features)
+
+
 def weights(items: list[dict]) -> list[float]:
     """Each training item's weight: its `weight` (a machine label's share of the teacher's belief) or 1."""
     return [float(it.get("weight", 1.0)) for it in items]

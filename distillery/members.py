@@ -25,8 +25,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from distillery.baseline import Baseline, label_probabilities, weights
-from distillery.evaluate import gold_label
+from distillery.baseline import Baseline, LinearHead
 from distillery.encoder import Encoder
 from distillery.prompts import document_text, document_windows
 from distillery.spec import ClassificationOutput, TaskSpec
@@ -43,7 +42,7 @@ class Member(Protocol):
     def probabilities(self, texts: list[str]) -> np.ndarray: ...
 
 
-class EncoderMember:
+class EncoderMember(LinearHead):
     """Frozen sentence embeddings of the document window + logistic regression."""
 
     name = "encoder"
@@ -51,7 +50,6 @@ class EncoderMember:
     def __init__(self, spec: TaskSpec, encoder: Encoder):
         self.spec, self.encoder, self.C, self.chunks = spec, encoder, spec.encoder.C, spec.encoder.chunks
         self.labels = list(spec.output.labels)
-        self.head, self.only = None, None
 
     def features(self, texts: list[str]) -> np.ndarray:
         """The first window's embedding; with `encoder.chunks` > 1, beside the normalised mean of the
@@ -66,21 +64,6 @@ class EncoderMember:
         means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
         firsts = flat[ends - [len(ws) for ws in windows]] if texts else means
         return np.hstack([firsts, means])
-
-    def fit(self, items: list[dict]) -> "EncoderMember":
-        from sklearn.linear_model import LogisticRegression
-
-        answers = [gold_label(it["answer"]) for it in items]
-        self.only = answers[0] if len(set(answers)) == 1 else None
-        self.head = None
-        if self.only is None:
-            self.head = LogisticRegression(C=self.C, max_iter=5000).fit(self.features([it["text"] for it in items]),
-                                                                         answers, sample_weight=weights(items))
-        return self
-
-    def probabilities(self, texts: list[str]) -> np.ndarray:
-        features = self.features(texts) if texts and self.head is not None else texts
-        return label_probabilities(self.labels, self.head, self.only, features)
 
 
 class LLMMember:

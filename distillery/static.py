@@ -28,6 +28,7 @@ import numpy as np
 import regex
 
 from distillery import lake
+from distillery.baseline import Baseline, LinearHead
 from distillery.encoder import Encoder
 from distillery.prompts import document_text
 
@@ -130,7 +131,7 @@ class StaticModel:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-class StaticMember:
+class StaticMember(LinearHead):
     """Two linear heads over features a lookup computes, their probability rows averaged: static token
     vectors distilled from the encoder (first window beside the whole read, C=100) and the TF-IDF
     baseline's n-grams. Measured on texlive_dev (students on half the manuals' teacher labels + the
@@ -141,12 +142,10 @@ class StaticMember:
     C = 100.0
 
     def __init__(self, spec, encoder: Encoder, *, dims: int = DIMS):
-        from distillery.baseline import Baseline
-
         self.spec, self.encoder, self.dims = spec, encoder, dims
         self.labels = list(spec.output.labels)
         self.tfidf = Baseline(spec)
-        self.path, self.head, self.only, self._model = None, None, None, None
+        self.path, self._model = None, None
 
     def __getstate__(self):
         return {**self.__dict__, "_model": None}
@@ -167,22 +166,9 @@ class StaticMember:
         return np.hstack([firsts, wholes])
 
     def fit(self, items: list[dict]) -> "StaticMember":
-        from sklearn.linear_model import LogisticRegression
-
-        from distillery.baseline import weights
-        from distillery.evaluate import gold_label
-
-        answers = [gold_label(it["answer"]) for it in items]
-        self.only = answers[0] if len(set(answers)) == 1 else None
-        self.head = None
-        if self.only is None:
-            self.head = LogisticRegression(C=self.C, max_iter=5000).fit(self.features([it["text"] for it in items]),
-                                                                         answers, sample_weight=weights(items))
+        super().fit(items)
         self.tfidf.fit(items)
         return self
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        from distillery.baseline import label_probabilities
-
-        features = self.features(texts) if texts and self.head is not None else texts
-        return (label_probabilities(self.labels, self.head, self.only, features) + self.tfidf.probabilities(texts)) / 2
+        return (super().probabilities(texts) + self.tfidf.probabilities(texts)) / 2
