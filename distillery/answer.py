@@ -29,6 +29,7 @@ LABEL_SCHEMA = pa.schema([
     ("parse_status", pa.string()), ("parse_error", pa.string()), ("confidence", pa.float64()),
     ("probs", pa.string()), ("model", pa.string()), ("prompt_hash", pa.string()), ("task", pa.string()),
     ("run_id", pa.string()), ("stage", pa.string()),
+    ("in_scope", pa.float64()), ("out_of_scope", pa.bool_()), ("needs_review", pa.bool_()),  # scope.py
 ])
 
 

@@ -61,11 +61,34 @@ def _import_label_studio(args) -> int:
     from pathlib import Path
 
     from distillery.export import seeds_from_label_studio
+    from distillery.review import append_seeds
     from distillery.spec import load_spec
 
     spec = load_spec(args.spec, args.profile)
-    n = seeds_from_label_studio(Path(args.file), spec, Path(args.out), annotated_only=not args.predictions)
-    print(f"{n} labeled documents -> {args.out} (use it as `seeds.path` in the spec)")
+    if args.out:
+        n = seeds_from_label_studio(Path(args.file), spec, Path(args.out), annotated_only=not args.predictions)
+        print(f"{n} labeled documents -> {args.out} (use it as `seeds.path` in the spec)")
+        return 0
+    added, skipped = append_seeds(spec, Path(args.file), args.home)
+    print(f"{added} reviewed documents appended to {spec.path(spec.seeds.path)}"
+          + (f" ({skipped} already seeds, skipped)" if skipped else "")
+          + ("; next: `distillery run` reruns the seed stage and the stages after it" if added else ""))
+    return 0
+
+
+def _review(args) -> int:
+    from pathlib import Path
+
+    from distillery.review import review
+    from distillery.spec import load_spec
+
+    spec = load_spec(args.spec, args.profile)
+    out = Path(args.out or f"data/review/{spec.name}-review.label-studio.json")
+    path, chosen = review(spec, args.n, out, args.home)
+    print(f"{len(chosen)} documents to review -> {path} (labeling config: {path.with_suffix('.config.xml')})")
+    for row in chosen.head(10).itertuples():
+        print(f"  {Path(row.path).name:<40} {row.why}")
+    print(f"next: label them in Label Studio, export JSON, then `distillery import-label-studio {args.spec} FILE`")
     return 0
 
 
@@ -172,12 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--out", default=None, help="output file (default data/exports/<task>-<table>.<ext>)")
     exp.add_argument("--home", default=None, help="artifact root (default $DISTILLERY_HOME or ./data)")
     exp.set_defaults(fn=_export)
-    imp = sub.add_parser("import-label-studio", help="a seed file from a reviewed Label Studio JSON export")
+    rev = sub.add_parser("review", help="the documents whose expert label would help most, as Label Studio tasks")
+    rev.add_argument("spec")
+    rev.add_argument("--n", type=int, default=40, help="documents in the queue")
+    rev.add_argument("--out", default=None, help="task file (default data/review/<task>-review.label-studio.json)")
+    rev.add_argument("--profile", default=DEFAULT_PROFILE)
+    rev.add_argument("--home", default=None, help="artifact root (default $DISTILLERY_HOME or ./data)")
+    rev.set_defaults(fn=_review)
+    imp = sub.add_parser("import-label-studio", help="reviewed Label Studio rows appended to the seed file "
+                         "(or, with --out, a new seed file)")
     imp.add_argument("spec")
     imp.add_argument("file")
-    imp.add_argument("--out", required=True, help="seed CSV to write (document, answer)")
+    imp.add_argument("--out", default=None, help="write a new seed CSV (document, answer) instead of appending")
     imp.add_argument("--profile", default=DEFAULT_PROFILE)
-    imp.add_argument("--predictions", action="store_true", help="also take unreviewed predictions")
+    imp.add_argument("--predictions", action="store_true", help="with --out: also take unreviewed predictions")
+    imp.add_argument("--home", default=None, help="artifact root (default $DISTILLERY_HOME or ./data)")
     imp.set_defaults(fn=_import_label_studio)
     query = sub.add_parser("query", help="SQL against the DuckDB catalog")
     query.add_argument("sql")

@@ -24,10 +24,12 @@ from distillery.spec import ClassificationOutput, TaskSpec
 TABLES = ("bulk_labels", "machine_labels")
 FORMATS = ("csv", "jsonl", "label-studio")
 TEXT_FIELD, CHOICES = "text", "label"
+FLAGS = ("in_scope", "out_of_scope", "needs_review")  # scope.py: every export shows them
 
 
 def load_labels(spec: TaskSpec, table: str = "bulk_labels", root: Path | None = None) -> pd.DataFrame:
-    """One row per document: sha256, path, answer (ranked list or JSON object), confidence, model, text."""
+    """One row per document: sha256, path, answer (ranked list or JSON object), confidence, the scope's
+    flags (in_scope, out_of_scope, needs_review), model, text."""
     if table not in TABLES:
         raise DistilleryError(f"cannot export {table!r}: choose one of {', '.join(TABLES)}")
     with lake.catalog(root, read_only=True) as con:
@@ -43,9 +45,11 @@ def load_labels(spec: TaskSpec, table: str = "bulk_labels", root: Path | None = 
         if not docs and table == "machine_labels":
             path = "NULL"
         status = "l.parse_status" if table == "machine_labels" else "'ok'"
+        have = {c[0] for c in con.execute(f"DESCRIBE {table}").fetchall()}
+        flags = ", ".join(f"l.{c}" if c in have else f"NULL AS {c}" for c in FLAGS)  # labels made before scope.py: NULL
         df = con.execute(
             f"SELECT l.sha256, {path} AS path, l.{answer} AS answer, {status} AS parse_status, l.confidence, "
-            f"l.model, {text} AS text FROM {table} l {join} WHERE l.task = ? ORDER BY path, l.sha256",
+            f"{flags}, l.model, {text} AS text FROM {table} l {join} WHERE l.task = ? ORDER BY path, l.sha256",
             [spec.name]).fetch_df()
     df["answer"] = [json.loads(a) if isinstance(a, str) else None for a in df["answer"]]
     return df
@@ -104,14 +108,23 @@ def to_label_studio(df: pd.DataFrame, path: Path, spec: TaskSpec) -> Path:
     tasks = []
     for row in df.to_dict("records"):
         text = row["text"] if isinstance(row["text"], str) else ""
+        flags = {c: _plain(row.get(c)) for c in FLAGS if c in row}
         tasks.append({
-            "data": {TEXT_FIELD: text, "path": row["path"], "sha256": row["sha256"]},
+            "data": {TEXT_FIELD: text, "path": row["path"], "sha256": row["sha256"], **flags,
+                     **({"why": row["why"]} if row.get("why") else {})},
             "predictions": [{"model_version": str(row["model"]), "score": float(row["confidence"] or 0.0),
                              "result": _results(row["answer"], spec)}],
         })
     path.write_text(json.dumps(tasks, ensure_ascii=False, indent=1), encoding="utf-8")
     path.with_suffix(".config.xml").write_text(label_studio_config(spec), encoding="utf-8")
     return path
+
+
+def _plain(value):
+    """A pandas cell as JSON: numpy scalars as Python ones, missing as None."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def _answer_from_results(results: list[dict], spec: TaskSpec) -> Any:

@@ -18,6 +18,9 @@ held-out accuracy is reweighted to it (`heldout.top1_corpus_mix`: the seeds are 
 the corpus is not). With `label.prior_correction` a final pass re-ranks the labels under the
 corrected posteriors into `machine_labels.parquet`, which the student then reads; the shards keep
 the teacher's own answers, so a rerun after a crash repeats only this pass.
+Every label also says how typical of the task its document is (`scope.py`, fitted on the seeds and
+the documents labeled, before the first shard): `in_scope`, `out_of_scope` (its confidence capped)
+and `needs_review`; the scope is saved (`scope.pkl`) and travels with the student to bulk.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from distillery import lake, prior
+from distillery import lake, prior, scope
 from distillery.answer import LABEL_SCHEMA as SCHEMA, answer_rows, constrained, grade_label_rows, label_rows, \
     ranked_answers
 from distillery.errors import DistilleryError
@@ -90,11 +93,15 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
     todo = [d for d in todo_all if d["sha256"] not in done]
     model_id = f"{teacher}@{lake.hash_model(teacher)}"
     backend = load_labeler(teacher, batch_size=spec.label.batch_size, backend=spec.label.backend)
+    seeded = [it for split in ("train", "validation", "heldout") for it in seed_items(spec, seeds, documents, split)]
+    scope_model = scope.fit(spec, [d["text"] for d in seeded + todo_all], [d["sha256"] for d in seeded + todo_all])
     labeling_started = time.perf_counter()
     n_shard = len(list(shards.glob("*.parquet"))) if shards.exists() else 0
     for start in range(0, len(todo), spec.label.shard_size):
         chunk = todo[start:start + spec.label.shard_size]
         rows = label_rows(spec, backend, chunk, model_id=model_id, run_id=run_id)
+        if scope_model is not None:
+            rows = scope_model.mark(rows, [d["text"] for d in chunk], [d["sha256"] for d in chunk])
         lake.write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), shards / f"shard-{n_shard:05d}.parquet")
         n_shard += 1
         if on_progress:
@@ -102,19 +109,26 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
     seconds = time.perf_counter() - labeling_started
     items = seed_items(spec, seeds, documents, "heldout")
     teacher_heldout = seed_rows(spec, backend, items, model_id=model_id)
+    if scope_model is not None:  # each seed compared with the other in-scope documents, as the threshold was
+        teacher_heldout = scope_model.mark(teacher_heldout, [it["text"] for it in items], [it["sha256"] for it in items])
     calibration_set = validation_probs(spec, backend, seeds, documents, model_id=model_id)
     table, corpus, machine_labels, heldout = prior_pass(spec, shards, seeds, out, teacher_heldout, calibration_set)
-    evaluation = grade_label_rows(spec, items, heldout).assign(probs=[r.get("probs") for r in heldout])
+    evaluation = grade_label_rows(spec, items, heldout).assign(
+        probs=[r.get("probs") for r in heldout], needs_review=[r.get("needs_review") for r in heldout],
+        out_of_scope=[r.get("out_of_scope") for r in heldout])
     status = table.column("parse_status").to_pylist()
     conf = table.column("confidence").to_pylist()
     metrics = {"docs_per_s": len(todo) / seconds if todo and seconds > 0 else None,
                "mean_confidence": sum(conf) / len(conf) if conf else 0.0,
                "heldout": heldout_metrics(evaluation, corpus)}
+    if scope_model is not None:
+        metrics["scope"] = scope_metrics(scope_model, table, evaluation)
     if corpus:
         metrics["prior"] = {**corpus, **prior_effect(spec, items, teacher_heldout, corpus)}
     counts = {"labeled": len(status), "ok": status.count("ok"), "partial": status.count("partial"),
               "failed": status.count("failed"), "resumed_from": len(done)}
     outputs = {"machine_labels": str(machine_labels),
+               **({"scope": str(scope.save(scope_model, out))} if scope_model else {}),
                "label_eval": str(lake.write_parquet(evaluation.assign(task=spec.name, run_id=run_id, stage="label"),
                                                     out / "label_eval.parquet"))}
     return lake.StageResult("label", run_id, outputs, counts, metrics, time.perf_counter() - started)
@@ -196,8 +210,30 @@ def corpus_prior(spec: TaskSpec, rows: list[dict], seeds: Path, calibration_set:
 def corrected(spec: TaskSpec, rows: list[dict], corpus: dict) -> list[dict]:
     """Label rows re-ranked under the corpus's estimated prior."""
     labels = list(spec.output.labels)
-    return prior.rerank_rows(rows, labels, spec.output.top_k, [corpus["corpus"][c] for c in labels],
+    rows = prior.rerank_rows(rows, labels, spec.output.top_k, [corpus["corpus"][c] for c in labels],
                              [corpus["seeds"][c] for c in labels], corpus["temperature"])
+    if not rows or any(r.get("in_scope") is None for r in rows):
+        return rows
+    return scope.marked(rows, [r["in_scope"] for r in rows], [r["out_of_scope"] for r in rows],
+                        spec.scope.review_below)  # the re-ranked confidence capped again where out of scope
+
+
+def scope_metrics(in_scope: scope.Scope, table: pa.Table, evaluation) -> dict:
+    """The scope's settings, the share of machine labels flagged, and on the held-out seeds (in scope
+    by the expert's word) the share flagged and the top-1 of labels that need review and of the rest."""
+    out = table.column("out_of_scope").to_pylist() if "out_of_scope" in table.column_names else []
+    review = table.column("needs_review").to_pylist() if "needs_review" in table.column_names else []
+    metrics = {**in_scope.summary(), "labels": len(out),
+               "out_of_scope": sum(map(bool, out)) / len(out) if out else None,
+               "needs_review": sum(map(bool, review)) / len(review) if review else None}
+    if len(evaluation):
+        flagged = evaluation["needs_review"].fillna(False).astype(bool)
+        metrics["heldout"] = {
+            "n": len(evaluation), "out_of_scope": float(evaluation["out_of_scope"].fillna(False).astype(bool).mean()),
+            "review": {"n": int(flagged.sum()), "top1": float(evaluation.loc[flagged, "top1"].mean()) if flagged.any() else None},
+            "rest": {"n": int((~flagged).sum()),
+                     "top1": float(evaluation.loc[~flagged, "top1"].mean()) if (~flagged).any() else None}}
+    return metrics
 
 
 def prior_effect(spec: TaskSpec, items: list[dict], heldout: list[dict], corpus: dict) -> dict:

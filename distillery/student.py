@@ -38,6 +38,7 @@ from distillery.evaluate import grade_items, seed_items, stable_slice, summarize
 from distillery.inference import TransformersBackend
 from distillery.encoder import Encoder
 from distillery.models import load_tokenizer, shallow_copy
+from distillery.scope import SCOPE_FILE
 from distillery.sft import train_sft
 from distillery.spec import ClassificationOutput, TaskSpec
 
@@ -55,17 +56,20 @@ class Inputs:
     seed_labels: Path
     documents: Path
     teacher_top1: float | None = None
+    scope: Path | None = None  # the labeling stage's out-of-scope model: it travels with the student to bulk
 
     @classmethod
     def of(cls, results: Mapping[str, lake.StageResult]) -> "Inputs":
+        scope_file = results["label"].outputs.get("scope")
         return cls(results["label"].path("machine_labels"), results["seed"].path("seed_labels"),
-                   results["ingest"].path("documents"), results["teacher"].metrics["teacher"]["top1"])
+                   results["ingest"].path("documents"), results["teacher"].metrics["teacher"]["top1"],
+                   Path(scope_file) if scope_file else None)
 
 
 def run(spec: TaskSpec, inputs: Inputs, out: Path, *, run_id: str | None = None) -> lake.StageResult:
     """Train, evaluate and gate the student; its model lands in out/model."""
     return train_student(spec, inputs.machine_labels, inputs.seed_labels, inputs.documents, out=out,
-                         run_id=run_id, teacher_top1=inputs.teacher_top1)
+                         run_id=run_id, teacher_top1=inputs.teacher_top1, scope_file=inputs.scope)
 
 
 def promotion(spec: TaskSpec, student_top1: float, teacher_top1: float | None) -> dict:
@@ -171,7 +175,8 @@ def measure(spec: TaskSpec, kind: str, model, heldout: list[dict], agreement_ite
 
 
 def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: Path, *, out: Path,
-                  run_id: str | None = None, teacher_top1: float | None = None) -> lake.StageResult:
+                  run_id: str | None = None, teacher_top1: float | None = None,
+                  scope_file: Path | None = None) -> lake.StageResult:
     """Train the student on confident teacher labels; evaluate it on the expert held-out split.
 
     Metrics: held-out accuracy and reward, agreement with the teacher on a slice of its labels kept
@@ -207,6 +212,8 @@ def train_student(spec: TaskSpec, machine_labels: Path, seeds: Path, documents: 
     kind = pick["kind"]
     shutil.rmtree(out / "model", ignore_errors=True)
     (out / kind / "model").rename(out / "model")
+    if scope_file is not None:
+        shutil.copy(scope_file, out / "model" / SCOPE_FILE)
     for other in kinds + fallback:
         shutil.rmtree(out / other, ignore_errors=True)
     rows = rows_of[kind]

@@ -59,8 +59,9 @@ SEED = Stage("seed", seed, 1, ("seeds", "output"), ("seed_labels",),
 TEACHER = Stage("teacher", teacher, 8, ("output", "prompts", "grader", "models", "teacher", "seed", "encoder"),
                 ("teacher_eval", "teacher_metrics"),
                 lambda spec: {"base_model": lake.hash_model(spec.path(spec.models.base)), **_encoder(spec)})
-LABEL = Stage("label", label, 4, ("output", "prompts", "label", "teacher"), ("machine_labels", "label_eval"))
-STUDENT = Stage("student", student, 5, ("output", "prompts", "models", "student", "seed", "encoder"),
+LABEL = Stage("label", label, 5, ("output", "prompts", "label", "teacher", "scope", "encoder"),
+              ("machine_labels", "label_eval"))
+STUDENT = Stage("student", student, 6, ("output", "prompts", "models", "student", "seed", "encoder"),
                 ("student_eval",),
                 lambda spec: {"student_model": lake.hash_model(spec.path(spec.models.student)), **_encoder(spec)})
 STAGES = {s.name: s for s in (INGEST, SEED, TEACHER, LABEL, STUDENT)}

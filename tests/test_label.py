@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distillery import ingest, lake, label, prior, seed, synth
+from distillery import ingest, lake, label, prior, scope, seed, synth
 from distillery.errors import DistilleryError
 from distillery.models import tiny_model
 
@@ -96,7 +96,8 @@ def test_prior_correction_off_keeps_the_teachers_labels_on_reranks_them_and_both
     off_rows = _rows(off.path("machine_labels"))
     for r in off_rows:
         probs = json.loads(r["probs"])
-        assert r["confidence"] == pytest.approx(max(probs))
+        capped = min(max(probs), r["in_scope"]) if r["out_of_scope"] else max(probs)  # scope.py: out of scope, capped
+        assert r["confidence"] == pytest.approx(capped)
         assert json.loads(r["answer"])[0] == labels[probs.index(max(probs))]
     seed_rows = lake.read_table(seeds).to_pandas()
     train = seed_rows.loc[seed_rows["split"] == "train", "answer"]
@@ -116,6 +117,8 @@ def test_prior_correction_off_keeps_the_teachers_labels_on_reranks_them_and_both
     corpus_mix = on.metrics["prior"]["corpus"]
     expected = prior.rerank_rows(on_shards, labels, spec.output.top_k, [corpus_mix[c] for c in labels],
                                  [seeds_mix[c] for c in labels], on.metrics["prior"]["temperature"])
+    expected = scope.marked(expected, [r["in_scope"] for r in expected], [r["out_of_scope"] for r in expected],
+                            spec.scope.review_below)  # the re-ranked confidence capped again where out of scope
     assert on.path("machine_labels") == tmp_path / "on" / "machine_labels.parquet"
     assert _labels(_rows(on.path("machine_labels"))) == _labels(expected)
 

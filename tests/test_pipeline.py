@@ -248,3 +248,52 @@ def test_the_bulk_flow_labels_the_new_pdfs_of_an_inbox(inbox_runs, first_run):
 
 def test_the_bulk_flow_skips_an_inbox_it_has_labeled(inbox_runs):
     assert inbox_runs["again"]["counts"]["skipped"] == 3
+
+
+def test_labels_carry_the_scope_flags_from_labeling_to_bulk(first_run, flow_home):
+    for table in ("machine_labels", "bulk_labels"):
+        rows = _catalog(flow_home, f"select count(*), count(in_scope), count(needs_review) from {table}")[0]
+        assert rows[0] > 0 and rows[0] == rows[1] == rows[2], table
+    high = _catalog(flow_home, "select count(*) from bulk_labels where out_of_scope and confidence > in_scope")
+    assert high[0][0] == 0  # a flagged label never keeps a confidence above its in-scope share
+
+
+def test_a_review_round_trip_stales_only_the_seed_stage_and_after(first_run, flow_home, tiny_task, tmp_path):
+    """queue -> Label Studio JSON -> reviewed -> appended to the seeds: ingest stays cached, the rest goes
+    stale; no seeded document is queued; a row naming a label outside the set is refused, nothing written."""
+    from distillery.cli import main
+    from distillery.errors import SeedError
+    from distillery.review import append_seeds
+    from tasks.stages import status
+
+    spec_path = str(tiny_task / "tiny.yaml")
+    seeds = Path(yaml.safe_load((tiny_task / "tiny.yaml").read_text())["seeds"]["path"])
+    before = seeds.read_text()
+    queue = tmp_path / "queue.json"
+    try:
+        with _in(flow_home):
+            assert {r["state"] for r in status(load_spec(spec_path))} == {"cached"}
+            assert main(["review", spec_path, "--n", "4", "--out", str(queue)]) == 0
+            tasks = json.loads(queue.read_text())
+            seeded = {Path(d).name for (d,) in _catalog(flow_home, "select document from seed_labels")}
+            assert len(tasks) == 4 and not {Path(t["data"]["path"]).name for t in tasks} & seeded
+            assert all("needs_review" in t["data"] and t["predictions"][0]["result"] for t in tasks)
+            truth = {t["file"]: t["label"] for t in json.loads((tiny_task / "truth.json").read_text())}
+            for t in tasks:  # the expert's answer, as Label Studio exports it
+                t["annotations"] = [{"result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                                 "value": {"choices": [truth[Path(t["data"]["path"]).name]]}}]}]
+            bad = json.loads(json.dumps(tasks))
+            bad[0]["annotations"][0]["result"][0]["value"]["choices"] = ["Not a label"]
+            (tmp_path / "bad.json").write_text(json.dumps(bad))
+            with pytest.raises(SeedError):
+                append_seeds(load_spec(spec_path), tmp_path / "bad.json")
+            assert seeds.read_text() == before
+            queue.write_text(json.dumps(tasks))
+            assert main(["import-label-studio", spec_path, str(queue)]) == 0
+            assert append_seeds(load_spec(spec_path), queue) == (0, 4)  # a second import adds nothing
+            states = {r["stage"]: r["state"] for r in status(load_spec(spec_path))}
+        assert len(seeds.read_text().splitlines()) == len(before.splitlines()) + 4
+        assert states == {"ingest": "cached", "seed": "stale", "teacher": "stale", "label": "stale",
+                          "student": "stale", "bulk": "stale"}
+    finally:
+        seeds.write_text(before)

@@ -15,9 +15,15 @@ def extract_options(spec: TaskSpec) -> dict:
             "read": ing.read}
 
 
-def label_fields(spec: TaskSpec, backend, texts: list[str]) -> list[dict]:
-    """The student's answer per text: label, ranked labels, confidence and the probabilities (JSON)."""
+FIELDS = ("label", "ranked", "confidence", "probs", "in_scope", "out_of_scope", "needs_review")
+
+
+def label_fields(spec: TaskSpec, backend, texts: list[str], scope=None, hashes: list[str] | None = None) -> list[dict]:
+    """The student's answer per text: label, ranked labels, confidence and the probabilities (JSON);
+    with the student's `scope` (`scope.load`), its in-scope share and flags (`hashes`: the documents'
+    content hashes, so a document the scope was fitted on is compared with the others)."""
     answers, probs = score_answers(spec, backend, texts, student=True)
-    return [{"label": a.top if a.value is None else json.dumps(a.value), "ranked": json.dumps(a.ranked),
+    rows = [{"label": a.top if a.value is None else json.dumps(a.value), "ranked": json.dumps(a.ranked),
              "confidence": max(p), "probs": json.dumps(p)}
             for a, p in zip(answers, probs)]
+    return scope.mark(rows, texts, hashes) if scope is not None and texts else rows

@@ -28,6 +28,7 @@ LABEL_SCHEMA = pa.schema([
     ("sha256", pa.string()), ("path", pa.string()), ("label", pa.string()), ("ranked", pa.string()),
     ("confidence", pa.float64()), ("probs", pa.string()), ("model", pa.string()), ("task", pa.string()),
     ("run_id", pa.string()), ("stage", pa.string()), ("duplicate_of", pa.string()),
+    ("in_scope", pa.float64()), ("out_of_scope", pa.bool_()), ("needs_review", pa.bool_()),  # scope.py
 ])
 QUARANTINE_SCHEMA = pa.schema([
     ("path", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()), ("reason", pa.string()),

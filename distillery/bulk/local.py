@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillery import pdf
+from distillery import pdf, scope
 from distillery.bulk.labeling import extract_options, label_fields
 from distillery.bulk.ledger import Run
 from distillery.members import load_labeler
@@ -20,6 +20,11 @@ def events(spec: TaskSpec, student: Path, items, run: Run):
     """
     cfg, workers = spec.bulk, spec.ingest.workers
     backend = load_labeler(student, batch_size=cfg.batch_size, backend="transformers")
+    scope_model = scope.load(student)
+
+    def labeled(batch: list[pdf.Extracted]):
+        return zip(batch, label_fields(spec, backend, [b.text for b in batch], scope_model, [b.sha256 for b in batch]))
+
     window = max(64, 4 * cfg.batch_size, 8 * workers)
     with pdf.worker_pool(workers, run.seen) as pool:
         files = pdf.extract_in(pool, items, window=window, ordered=False, **extract_options(spec))
@@ -32,7 +37,7 @@ def events(spec: TaskSpec, student: Path, items, run: Run):
                 continue
             batch.append(r)
             if len(batch) >= cfg.batch_size:
-                yield from zip(batch, label_fields(spec, backend, [b.text for b in batch]))
+                yield from labeled(batch)
                 batch = []
         if batch:
-            yield from zip(batch, label_fields(spec, backend, [b.text for b in batch]))
+            yield from labeled(batch)

@@ -33,8 +33,8 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from distillery import pdf
-from distillery.bulk.labeling import extract_options, label_fields
+from distillery import pdf, scope
+from distillery.bulk.labeling import FIELDS, extract_options, label_fields
 from distillery.bulk.ledger import Run
 from distillery.spec import TaskSpec
 
@@ -45,7 +45,8 @@ EXTRACTED = pa.schema([("path", pa.string()), ("sha256", pa.string()), ("bytes",
                        ("verdict", pa.string()), ("reason", pa.string()), ("pages", pa.int64()),
                        ("text", pa.string())])
 LABELED = pa.schema([*(f for f in EXTRACTED if f.name != "text"), ("label", pa.string()), ("ranked", pa.string()),
-                     ("confidence", pa.float64()), ("probs", pa.string())])
+                     ("confidence", pa.float64()), ("probs", pa.string()), ("in_scope", pa.float64()),
+                     ("out_of_scope", pa.bool_()), ("needs_review", pa.bool_())])
 
 
 def connect():
@@ -84,11 +85,13 @@ class Labeler:
 
         self.spec = TaskSpec.model_validate_json(spec_json)
         self.backend = load_labeler(student, batch_size=self.spec.bulk.batch_size, backend="transformers")
+        self.scope = scope.load(student)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         ok = [r for r in rows if r["verdict"] == "ok"]
-        for r, fields in zip(ok, label_fields(self.spec, self.backend, [r["text"] for r in ok])):
+        for r, fields in zip(ok, label_fields(self.spec, self.backend, [r["text"] for r in ok], self.scope,
+                                                   [r["sha256"] for r in ok])):
             r.update(fields)
         return pa.Table.from_pylist(rows, schema=LABELED)
 
@@ -111,7 +114,7 @@ def events(spec: TaskSpec, student: Path, items: Iterable[pdf.Item], run: Run):
 def _fields(row: dict) -> dict | None:
     if row["verdict"] != "ok":
         return None
-    return {k: row[k] for k in ("label", "ranked", "confidence", "probs")}
+    return {k: row[k] for k in FIELDS}
 
 
 def _dataset(ray, spec: TaskSpec, student: Path, wave: list[pdf.Item], run: Run):

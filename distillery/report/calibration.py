@@ -116,6 +116,29 @@ def _prior_table(spec: TaskSpec, run: Run) -> list[Raw]:
                  "everything makes that class look like the whole corpus, and the corpus-mix top-1 follows it.")]
 
 
+def _scope_table(run: Run) -> list[Raw]:
+    """Out of scope and needs review: the shares of machine labels, and on the held-out seeds the
+    share flagged and the top-1 of the labels that need review beside the rest."""
+    label = run.get("label")
+    sc = label.metrics.get("scope") if label else None
+    if not sc:
+        return []
+    held = sc.get("heldout", {})
+    rows = [["machine labels", sc["labels"], sc["out_of_scope"], sc["needs_review"], None, None]]
+    if held:
+        review, rest = held["review"], held["rest"]
+        rows.append(["expert held-out seeds", held["n"], held["out_of_scope"],
+                     review["n"] / held["n"] if held["n"] else None, review["top1"], rest["top1"]])
+    threshold = "never" if sc["threshold"] is None else f"under {sc['threshold']:.3f}"
+    return [table(["labels", "n", "out of scope", "needs review", "top-1 needing review", "top-1 of the rest"], rows),
+            note(f"Out of scope: an in-scope share {threshold} (the smaller of the shares of the {sc['reference']} "
+                 f"in-scope documents, seeds and labeled ones, as dissimilar in TF-IDF to their {sc['neighbours']} "
+                 f"nearest, and as far out in length), the threshold that flags {sc['flag_share']:.0%} of them "
+                 f"leave-one-out; a flagged label's confidence is capped at its in-scope share. Needs review: out of "
+                 f"scope, or confidence under {sc['review_below']}. `distillery review SPEC --n 40` queues the ones "
+                 "an expert label would help most.")]
+
+
 def section_calibration(spec: TaskSpec, run: Run) -> Raw:
     sets = _calibration_sets(spec, run)
     labels = run.table("label", "machine_labels")
@@ -129,4 +152,4 @@ def section_calibration(spec: TaskSpec, run: Run) -> Raw:
              png(fig, "reliability diagram"), _calibration_table(cals),
              note("Accuracy at coverage c: top-1 accuracy over the c share of items with the highest confidence; "
                   "a useful confidence makes it fall as coverage grows.")]
-    return Raw("".join(parts + _machine_label_notes(spec, run, labels) + _prior_table(spec, run)))
+    return Raw("".join(parts + _machine_label_notes(spec, run, labels) + _scope_table(run) + _prior_table(spec, run)))
