@@ -258,6 +258,21 @@ def test_labels_carry_the_scope_flags_from_labeling_to_bulk(first_run, flow_home
     assert high[0][0] == 0  # a flagged label never keeps a confidence above its in-scope share
 
 
+def test_every_export_shows_the_scope_flags(first_run, flow_home, tiny_task, tmp_path):
+    import csv
+
+    from distillery.export import export
+
+    spec = load_spec(str(tiny_task / "tiny.yaml"))
+    for table in ("bulk_labels", "machine_labels"):
+        with _in(flow_home):
+            path, n = export(spec, "csv", tmp_path / f"{table}.csv", table)
+            ls, _ = export(spec, "label-studio", tmp_path / f"{table}.json", table)
+        rows = list(csv.DictReader(open(path)))
+        assert n == len(rows) > 0 and all(r["needs_review"] in ("True", "False") and r["in_scope"] for r in rows)
+        assert all("needs_review" in t["data"] for t in json.loads(ls.read_text()))
+
+
 def test_a_review_round_trip_stales_only_the_seed_stage_and_after(first_run, flow_home, tiny_task, tmp_path):
     """queue -> Label Studio JSON -> reviewed -> appended to the seeds: ingest stays cached, the rest goes
     stale; no seeded document is queued; a row naming a label outside the set is refused, nothing written."""

@@ -66,6 +66,7 @@ def bulk_label(spec: TaskSpec, student: Path, *, out: Path, relabel: bool = Fals
     metrics = {"docs_per_s": counts["seen"] / seconds if seconds else 0.0,
                "labeled_per_s": counts["labeled"] / seconds if seconds else 0.0,
                "quarantine_by_reason": dict(sorted(run.by_reason.items())), "engine": engine, "source": source,
+               **({"nodes": run.nodes} if run.nodes else {}),
                "seconds": seconds,
                "model": model_id}
     return lake.StageResult("bulk", run_id, outputs, counts, metrics, seconds)

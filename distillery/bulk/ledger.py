@@ -111,6 +111,7 @@ class Run:
         self.model_id, self.meta = model_id, meta
         self.counts = {"seen": 0, "skipped": 0, "labeled": 0, "quarantined": 0, "duplicates": 0}
         self.by_reason: dict[str, int] = {}
+        self.nodes: dict[str, dict[str, int]] = {}  # step -> node id -> files (engines that spread over nodes)
         self.labels: list[dict] = []
         self.bad: list[dict] = []
         self.copies: list[dict] = []  # byte-identical copies, written once their twins are committed
@@ -120,6 +121,12 @@ class Run:
     def seen(self) -> frozenset[str]:
         """Hashes the extraction workers skip without extracting."""
         return frozenset(self.twins)
+
+    def ran_on(self, step: str, node: str | None) -> None:
+        """Count a file a node worked on (`step`: extract, label); None: the step did not run for it."""
+        if node:
+            counts = self.nodes.setdefault(step, {})
+            counts[node] = counts.get(node, 0) + 1
 
     def listed(self, items):
         for item in items:

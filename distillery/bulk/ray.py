@@ -43,8 +43,9 @@ LOCAL_CPUS = 8  # logical CPUs of a Ray started here: long-lived map actors dead
 
 EXTRACTED = pa.schema([("path", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()),
                        ("verdict", pa.string()), ("reason", pa.string()), ("pages", pa.int64()),
-                       ("text", pa.string())])
-LABELED = pa.schema([*(f for f in EXTRACTED if f.name != "text"), ("label", pa.string()), ("ranked", pa.string()),
+                       ("text", pa.string()), ("extracted_on", pa.string())])
+LABELED = pa.schema([*(f for f in EXTRACTED if f.name != "text"), ("labeled_on", pa.string()),
+                     ("label", pa.string()), ("ranked", pa.string()),
                      ("confidence", pa.float64()), ("probs", pa.string()), ("in_scope", pa.float64()),
                      ("out_of_scope", pa.bool_()), ("needs_review", pa.bool_())])
 
@@ -66,7 +67,7 @@ class Extractor:
     def __init__(self, skip, options: dict):
         import ray
 
-        self.options = options
+        self.options, self.node = options, ray.get_runtime_context().get_node_id()
         self.pool = pdf.worker_pool(1, ray.get(skip), spawn=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -74,25 +75,28 @@ class Extractor:
         data = batch.column("data").to_pylist() if "data" in batch.column_names else [None] * len(names)
         items = [name if blob is None else (name, blob) for name, blob in zip(names, data)]
         rows = pdf.extract_in(self.pool, items, window=len(items) or 1, ordered=False, **self.options)
-        return pa.Table.from_pylist([r.row() for r in rows], schema=EXTRACTED)
+        return pa.Table.from_pylist([{**r.row(), "extracted_on": self.node} for r in rows], schema=EXTRACTED)
 
 
 class Labeler:
     """The student on one replica: label fields for the ok rows; the text stays on the cluster."""
 
     def __init__(self, spec_json: str, student: str):
+        import ray
+
         from distillery.members import load_labeler
 
         self.spec = TaskSpec.model_validate_json(spec_json)
         self.backend = load_labeler(student, batch_size=self.spec.bulk.batch_size, backend="transformers")
         self.scope = scope.load(student)
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         ok = [r for r in rows if r["verdict"] == "ok"]
         for r, fields in zip(ok, label_fields(self.spec, self.backend, [r["text"] for r in ok], self.scope,
                                                    [r["sha256"] for r in ok])):
-            r.update(fields)
+            r.update(fields, labeled_on=self.node)
         return pa.Table.from_pylist(rows, schema=LABELED)
 
 
@@ -107,6 +111,8 @@ def events(spec: TaskSpec, student: Path, items: Iterable[pdf.Item], run: Run):
             for row in batch.to_pylist():
                 r = pdf.Extracted(row["path"], row["sha256"], row["bytes"], row["verdict"], row["reason"],
                                   row["pages"], "")
+                run.ran_on("extract", row["extracted_on"])
+                run.ran_on("label", row["labeled_on"])
                 if run.fresh(r):
                     yield r, _fields(row)
 

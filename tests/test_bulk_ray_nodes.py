@@ -1,0 +1,136 @@
+"""The Ray Data bulk engine on a simulated multi-node cluster (`ray.cluster_utils.Cluster`): a head
+that runs no work and two workers with their own CPUs. Labels equal the local engine's, with the
+actors spread over both workers; a worker lost mid-run loses and duplicates nothing, nor does a
+driver killed after a node loss and run again; a listing longer than a wave runs wave by wave."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from distillery import bulk, synth
+
+from conftest import REPO
+from test_bulk import KILLABLE, _by_hash, _labeled, _rows_by_path, _same_labels, _spec, student  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+WORKER_CPUS = 3  # two extractors and two labelers (1 CPU each) cannot fit on one worker
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    ray = pytest.importorskip("ray", reason="the ray engine needs `pip install 'ray[data]'`")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=WORKER_CPUS) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _on_nodes(spec, actors: int = 2):
+    return spec.model_copy(update={"bulk": spec.bulk.model_copy(
+        update={"engine": "ray", "ray_extractors": actors, "ray_labelers": actors})})
+
+
+def test_three_nodes_label_like_the_local_engine_with_work_on_both_workers(clinical_spec, student, tmp_path, nodes):
+    import ray
+
+    synth.generate_clinical(tmp_path / "inbox", 40, bad_every=10)
+    spec = _spec(clinical_spec, tmp_path / "inbox")
+    local = bulk.bulk_label(spec, student, out=tmp_path / "local", progress=False)
+    on_ray = bulk.bulk_label(_on_nodes(spec), student, out=tmp_path / "ray", progress=False)
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 3
+    assert on_ray.counts == local.counts
+    _same_labels(_by_hash(tmp_path / "local"), _by_hash(tmp_path / "ray"))
+    workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0}
+    placed = on_ray.metrics["nodes"]
+    assert set(placed["extract"]) | set(placed["label"]) == workers, "the work ran on both workers, none on the head"
+    assert sum(placed["extract"].values()) == on_ray.counts["seen"]
+    assert sum(placed["label"].values()) == on_ray.counts["labeled"]
+
+
+def test_a_worker_lost_mid_run_loses_and_duplicates_nothing(clinical_spec, student, tmp_path, nodes):
+    cluster, workers = nodes
+    truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
+    valid = sum(row["verdict"] == "ok" for row in truth)
+    spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
+    out = tmp_path / "bulk"
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(r=bulk.bulk_label(spec, student, out=out, progress=False)))
+    run.start()
+    deadline = time.time() + 600
+    while time.time() < deadline and not bulk.committed(out, "labels") and run.is_alive():
+        time.sleep(0.05)
+    assert run.is_alive(), "the run ended before the node could be lost"
+    lost = workers.pop()
+    cluster.remove_node(lost)
+    removed_at = len(_rows_by_path(out))
+    workers.append(cluster.add_node(num_cpus=WORKER_CPUS))  # what an autoscaler does: another node joins
+    run.join(timeout=900)
+    assert not run.is_alive(), "the run did not finish after the node loss"
+    assert 0 < removed_at < len(truth), "the node should be lost mid-run"
+    rows = _rows_by_path(out)
+    assert sorted(rows) == sorted(str(p) for p in (tmp_path / "inbox").iterdir())  # nothing lost
+    assert all(len(r) == 1 for r in rows.values())  # nothing twice
+    assert sum(r["kind"] == "labels" for (r,) in rows.values()) == valid
+
+
+def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, student, tmp_path, nodes):
+    cluster, workers = nodes
+    truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
+    valid = sum(row["verdict"] == "ok" for row in truth)
+    spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    out = tmp_path / "bulk"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": cluster.address}
+    driver = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path / "spec.json"), str(student), str(out)],
+                              env=env)
+    deadline = time.time() + 600
+    while time.time() < deadline and not bulk.committed(out, "labels") and driver.poll() is None:
+        time.sleep(0.05)
+    assert driver.poll() is None, f"the driver ended by itself (exit {driver.returncode}) before the node loss"
+    cluster.remove_node(workers.pop())
+    workers.append(cluster.add_node(num_cpus=WORKER_CPUS))
+    after_loss = len(bulk.committed(out, "labels"))
+    while time.time() < deadline and len(bulk.committed(out, "labels")) == after_loss and driver.poll() is None:
+        time.sleep(0.05)  # the run goes on after the loss: one more shard, then the driver dies
+    assert driver.poll() is None, f"the driver ended by itself (exit {driver.returncode}) before it was killed"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    partial = len(_labeled(out))
+    assert 0 < partial < valid, "the kill should land mid-run"
+    again = bulk.bulk_label(spec, student, out=out, progress=False)
+    assert again.counts["skipped"] > 0
+    rows = _rows_by_path(out)
+    assert sorted(rows) == sorted(str(p) for p in (tmp_path / "inbox").iterdir())  # nothing lost
+    assert all(len(r) == 1 for r in rows.values())  # nothing twice
+    assert sum(r["kind"] == "labels" for (r,) in rows.values()) == valid
+
+
+def test_a_listing_longer_than_a_wave_runs_wave_by_wave_holding_one_wave(clinical_spec, student, tmp_path, nodes,
+                                                                        monkeypatch):
+    from distillery.bulk import ray as ray_engine
+
+    synth.generate_clinical(tmp_path / "inbox", 90, bad_every=10)
+    spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=8), actors=1)
+    waves = []
+    real = ray_engine._dataset
+    monkeypatch.setattr(ray_engine, "WAVE", 25)
+    monkeypatch.setattr(ray_engine, "_dataset", lambda ray, spec, student, wave, run: waves.append(len(wave)) or
+                        real(ray, spec, student, wave, run))
+    result = bulk.bulk_label(spec, student, out=tmp_path / "bulk", progress=False)
+    assert waves == [25, 25, 25, 15]  # the driver never holds more than a wave of the listing
+    rows = _rows_by_path(tmp_path / "bulk")
+    assert len(rows) == 90 and all(len(r) == 1 for r in rows.values())
+    assert result.counts["labeled"] + result.counts["quarantined"] + result.counts["duplicates"] == 90
