@@ -138,6 +138,10 @@ bench-rft: ## base vs SFT vs SFT+GRPO (3 sampling seeds) vs random-reward GRPO o
 bench-worth: ## TF-IDF baseline vs base, teacher and student the pipeline trained, paired 95% intervals, targets (CORPUS=demo|texlive_dev|all) -> data/bench/worth.json
 	$(PY) -m bench.worth --corpus $(or $(CORPUS),all) --profile $(PROFILE) --heldout $(TEXLIVE)/heldout.csv $(if $(LIMIT),--limit $(LIMIT))
 
+.PHONY: bench-bulk-ray
+bench-bulk-ray: ## the Ray engine on a simulated cluster (NODES=3: a head + 2 workers) vs the local engine on DOCS generated PDFs, and a worker lost mid-run -> data/bench/bulk_ray.json
+	$(PY) -m bench.bulk_ray --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),600) --nodes $(or $(NODES),3)
+
 .PHONY: bench-review
 bench-review: ## the review queue's 40 labels vs 40 random ones (teacher and student top-1), and out-of-scope flags, on texlive_dev (needs its run) -> data/bench/review.json
 	$(PY) -m bench.review --spec data/texlive/texlive_dev.yaml --profile $(PROFILE) --heldout $(TEXLIVE)/heldout.csv

@@ -1,0 +1,149 @@
+"""`python -m bench.bulk_ray`: the Ray engine on a simulated multi-node cluster against the local
+engine, on the same generated PDFs and the same machine -> data/bench/bulk_ray.json.
+
+The cluster is `ray.cluster_utils.Cluster` on this machine: a head with no CPUs (it runs no work)
+and NODES-1 workers. Every simulated node shares this machine's cores, disk and network, so
+`ray_docs_per_s` against `local_docs_per_s` measures what the engine costs (actors, object store,
+the driver's commits), not what more machines would add. Arms, one after the other:
+- local: the local engine, `ingest.workers` extraction processes and the student here;
+- ray: extraction and labeling actors spread over the workers, waves of `--wave` files;
+  `wave_wait_share`: of each wave's time, the share after its second-to-last batch reached the
+  driver (the wave waiting on its slowest block), summed over waves; `wave_first_batch_s`: each
+  wave's wait for its first batch (its actors start and load the student again);
+- node_loss: the Ray run again into a new folder, a worker removed once a third of the files have
+  rows (another joins, as an autoscaler would); then every listed path is checked: `lost` (no row)
+  and `duplicated` (more than one).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from bench import common
+from bench.bulk import make_corpus
+from distillery import bulk
+from distillery.bulk import ray as ray_engine
+
+
+def rows_by_path(out: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for kind in ("labels", "quarantine"):
+        for f in bulk.committed(out, kind):
+            import pyarrow.parquet as pq
+
+            for p in pq.read_table(f, columns=["path"]).column("path").to_pylist():
+                counts[p] = counts.get(p, 0) + 1
+    return counts
+
+
+def timed_waves(record: list):
+    """Wrap the engine's datasets so each wave's batch arrival times are recorded."""
+    real = ray_engine._dataset
+
+    class Timed:
+        def __init__(self, ds):
+            self.ds = ds
+
+        def iter_batches(self, **kw):
+            times = [time.perf_counter()]
+            record.append(times)
+            for batch in self.ds.iter_batches(**kw):
+                times.append(time.perf_counter())
+                yield batch
+
+    return lambda *a, **kw: Timed(real(*a, **kw))
+
+
+def wave_wait(record: list[list[float]]) -> float:
+    total = sum(t[-1] - t[0] for t in record if len(t) > 1)
+    tail = sum(t[-1] - t[-2] for t in record if len(t) > 2)
+    return tail / total if total else 0.0
+
+
+def run(spec_path: str, profile: str, docs: int, nodes: int, worker_cpus: int, wave: int) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from distillery.spec import load_spec
+
+    spec = load_spec(spec_path, profile=profile)
+    student = Path(common.stage_outputs(spec, "student")["model"])
+    folder = common.bench_dir() / "bulk-corpus"
+    paths = make_corpus(folder, docs)[:docs]
+    source = common.bench_dir() / "bulk-ray-source"
+    source.mkdir(parents=True, exist_ok=True)
+    for p in paths:  # the same files for every arm, without the rest of the shared corpus folder
+        link = source / Path(p).name
+        if not link.exists():
+            link.symlink_to(Path(p).resolve())
+    common.warm_page_cache(paths)
+    spec = spec.model_copy(update={"bulk": spec.bulk.model_copy(update={"source": str(source)})})
+    on_ray = spec.model_copy(update={"bulk": spec.bulk.model_copy(
+        update={"engine": "ray", "ray_extractors": nodes - 1, "ray_labelers": nodes - 1})})
+    scratch = common.bench_dir() / "bulk-ray-runs"
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    started = time.perf_counter()
+    local = bulk.bulk_label(spec, student, out=scratch / "local", progress=False)
+    local_s = time.perf_counter() - started
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=worker_cpus) for _ in range(nodes - 1)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    record: list = []
+    ray_engine.WAVE, real = wave, ray_engine._dataset
+    ray_engine._dataset = timed_waves(record)
+    try:
+        started = time.perf_counter()
+        result = bulk.bulk_label(on_ray, student, out=scratch / "ray", progress=False)
+        ray_s = time.perf_counter() - started
+        ray_engine._dataset = real
+        out, box = scratch / "node-loss", {}
+        t = threading.Thread(target=lambda: box.update(r=bulk.bulk_label(on_ray, student, out=out, progress=False)))
+        t.start()
+        while t.is_alive() and len(rows_by_path(out)) < len(paths) // 3:
+            time.sleep(0.2)
+        removed_at = len(rows_by_path(out))
+        cluster.remove_node(workers.pop())
+        workers.append(cluster.add_node(num_cpus=worker_cpus))
+        t.join()
+    finally:
+        ray_engine._dataset = real
+        ray.shutdown()
+        cluster.shutdown()
+    rows = rows_by_path(out)
+    listed = [str(source / Path(p).name) for p in paths]
+    after = box["r"].counts
+    return {
+        "nodes": nodes, "worker_cpus": worker_cpus, "docs": len(paths), "wave": wave, "waves": len(record),
+        "ray_docs_per_s": len(paths) / ray_s, "local_docs_per_s": len(paths) / local_s,
+        "ray_vs_local": local_s / ray_s, "wave_wait_share": wave_wait(record),
+        "wave_seconds": [t[-1] - t[0] for t in record if len(t) > 1],
+        "wave_first_batch_s": [t[1] - t[0] for t in record if len(t) > 1],  # actors starting, the student loading
+        "counts": {"local": local.counts, "ray": result.counts}, "ray_nodes_worked": result.metrics.get("nodes"),
+        "node_loss": {"removed_at_docs": removed_at, "labeled": after["labeled"], "quarantined": after["quarantined"],
+                      "duplicates_of_copies": after["duplicates"],
+                      "lost": sum(1 for p in listed if p not in rows),
+                      "duplicated": sum(1 for p in listed if rows.get(p, 0) > 1)},
+        "note": "simulated nodes share this machine's cores: the ratio is the engine's overhead, not a scale-out",
+        **common.machine(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = common.parser(__doc__)
+    ap.add_argument("--docs", type=int, default=600)
+    ap.add_argument("--nodes", type=int, default=3, help="head + NODES-1 workers")
+    ap.add_argument("--worker-cpus", type=int, default=3, help="logical CPUs of each simulated worker")
+    ap.add_argument("--wave", type=int, default=200, help="files per wave (the engine's WAVE)")
+    args = ap.parse_args(argv)
+    common.write("bulk_ray", run(args.spec, args.profile, args.docs, args.nodes, args.worker_cpus, args.wave),
+                 args.out)
+
+
+if __name__ == "__main__":
+    main()
