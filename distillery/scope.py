@@ -73,9 +73,9 @@ class Scope:
         self.vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english", min_df=2 if len(texts) >= 10 else 1,
                                           dtype=np.float32)
         self.reference = self.vectorizer.fit_transform(texts).T.tocsr()
-        self.calibration = np.sort(self._similarity(self.reference.T.tocsr(), [h for h, _ in kept]))
-        self.lengths = np.sort([len(t) for t in texts])
-        typical = self._typical(self.calibration, [len(t) for t in texts])  # the order does not matter here
+        loo = self._similarity(self.reference.T.tocsr(), [h for h, _ in kept])
+        self.calibration, self.lengths = np.sort(loo), np.sort([len(t) for t in texts])
+        typical = self._typical(loo, [len(t) for t in texts])  # each document's similarity beside its own length
         self.threshold = float(np.quantile(typical, self.share)) if self.share > 0 else -np.inf
         return self
 
