@@ -100,8 +100,7 @@ def simulate(spec_path: str = SPEC, profile: str = "demo", heldout_csv: str = wo
     spec = load_spec(spec_path, profile=profile)
     outputs = {s: common.stage_outputs(spec, s) for s in ("ingest", "seed")}
     labels = list(spec.output.labels)
-    seeds = [it for split in ("train", "validation", "heldout")
-             for it in seed_items(spec, outputs["seed"]["seed_labels"], outputs["ingest"]["documents"], split)]
+    seeds = seed_items(spec, outputs["seed"]["seed_labels"], outputs["ingest"]["documents"], ("train", "validation", "heldout"))
     heldout, missing = worth.heldout_items(heldout_csv, outputs["ingest"])
     seeded = {it["sha256"] for it in seeds}
     heldout = sorted([it for it in heldout if it["sha256"] not in seeded], key=lambda it: it["sha256"])
@@ -109,9 +108,10 @@ def simulate(spec_path: str = SPEC, profile: str = "demo", heldout_csv: str = wo
     fitted = scope.fit(spec, [it["text"] for it in seeds + heldout], [it["sha256"] for it in seeds + heldout])
     start = arm(spec, seeds, heldout, encoder)
 
-    flags = fitted.score([it["text"] for it in heldout], [it["sha256"] for it in heldout])[1]
+    typical, flags = fitted.score([it["text"] for it in heldout], [it["sha256"] for it in heldout])
     candidates = pd.DataFrame({"sha256": [it["sha256"] for it in heldout], "text": [it["text"] for it in heldout],
-                               "probs": [json.dumps(p) for p in start["probs"].tolist()], "out_of_scope": flags})
+                               "probs": [json.dumps(p) for p in start["probs"].tolist()], "in_scope": typical,
+                               "out_of_scope": flags})  # as the labeling stage writes them
     chosen = review.queue(spec, candidates, start["teacher"], fitted, QUEUE)
     picks = {"queue": set(chosen["sha256"])}
     rng = np.random.default_rng(0)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from distillery import scope
 from distillery.constrained import in_schema
 from distillery.evaluate import grade_items, summarize
 from distillery.prompts import Answer, format_answer, parse_answer, prompt_hash, render_prompt
@@ -28,8 +29,7 @@ LABEL_SCHEMA = pa.schema([
     ("sha256", pa.string()), ("raw_output", pa.string()), ("reasoning", pa.string()), ("answer", pa.string()),
     ("parse_status", pa.string()), ("parse_error", pa.string()), ("confidence", pa.float64()),
     ("probs", pa.string()), ("model", pa.string()), ("prompt_hash", pa.string()), ("task", pa.string()),
-    ("run_id", pa.string()), ("stage", pa.string()),
-    ("in_scope", pa.float64()), ("out_of_scope", pa.bool_()), ("needs_review", pa.bool_()),  # scope.py
+    ("run_id", pa.string()), ("stage", pa.string()), *scope.COLUMNS,
 ])
 
 

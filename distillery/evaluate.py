@@ -20,11 +20,12 @@ from distillery.spec import ClassificationOutput, TaskSpec
 COVERAGES = (0.5, 0.8, 1.0)  # shares of items, most confident first, for accuracy at coverage
 
 
-def seed_items(spec: TaskSpec, seeds, documents, split: str, limit: int | None = None) -> list[dict]:
-    """Seed rows of a split joined with their document text."""
+def seed_items(spec: TaskSpec, seeds, documents, split: str | tuple[str, ...], limit: int | None = None) -> list[dict]:
+    """Seed rows of a split (or of several, split after split) joined with their document text."""
     s = lake.read_table(seeds).to_pandas()
     d = lake.read_table(documents).to_pandas()[["sha256", "text"]]
-    rows = s[s["split"] == split].merge(d, on="sha256")
+    splits = (split,) if isinstance(split, str) else split
+    rows = pd.concat([s[s["split"] == x] for x in splits]).merge(d, on="sha256", sort=False)
     items = [{"sha256": r.sha256, "document": r.document, "text": r.text, "answer": json.loads(r.answer)}
              for r in rows.itertuples()]
     return items[:limit] if limit else items

@@ -16,7 +16,7 @@ from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from distillery import lake
+from distillery import lake, scope
 from distillery.errors import DistilleryError
 from distillery.evaluate import gold_label
 from distillery.spec import ClassificationOutput, TaskSpec
@@ -24,7 +24,7 @@ from distillery.spec import ClassificationOutput, TaskSpec
 TABLES = ("bulk_labels", "machine_labels")
 FORMATS = ("csv", "jsonl", "label-studio")
 TEXT_FIELD, CHOICES = "text", "label"
-FLAGS = ("in_scope", "out_of_scope", "needs_review")  # scope.py: every export shows them
+FLAGS = scope.FLAGS  # every export shows them
 
 
 def load_labels(spec: TaskSpec, table: str = "bulk_labels", root: Path | None = None) -> pd.DataFrame:

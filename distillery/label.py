@@ -93,7 +93,7 @@ def machine_label(spec: TaskSpec, teacher: Path, documents: Path, seeds: Path, *
     todo = [d for d in todo_all if d["sha256"] not in done]
     model_id = f"{teacher}@{lake.hash_model(teacher)}"
     backend = load_labeler(teacher, batch_size=spec.label.batch_size, backend=spec.label.backend)
-    seeded = [it for split in ("train", "validation", "heldout") for it in seed_items(spec, seeds, documents, split)]
+    seeded = seed_items(spec, seeds, documents, ("train", "validation", "heldout"))
     scope_model = scope.fit(spec, [d["text"] for d in seeded + todo_all], [d["sha256"] for d in seeded + todo_all])
     labeling_started = time.perf_counter()
     n_shard = len(list(shards.glob("*.parquet"))) if shards.exists() else 0

@@ -90,16 +90,18 @@ def candidates(spec: TaskSpec, root: Path | None = None) -> tuple[pd.DataFrame, 
 
 
 def queue(spec: TaskSpec, labels: pd.DataFrame, teacher, scope_model, n: int) -> pd.DataFrame:
-    """The `n` rows of `labels` (sha256, text, probs, out_of_scope) the expert should label next, each
+    """The `n` rows of `labels` (sha256, text, probs; with the scope: in_scope, out_of_scope, as the
+    labeling stage wrote them) the expert should label next, each
     with its priority and a one-line `why`: up to OUTSIDE_SHARE of them out of scope (the most doubtful),
     the rest one per k-means cluster of the teacher's space (its encoder member's features, else the
     scope's TF-IDF vectors), each cluster's most doubtful typical document (doubt x in-scope share)."""
     probs = np.array([json.loads(p) for p in labels["probs"]])
-    texts, hashes = labels["text"].tolist(), labels["sha256"].tolist()
+    texts = labels["text"].tolist()
     outside = labels["out_of_scope"].fillna(False).to_numpy(bool) if "out_of_scope" in labels else np.zeros(len(labels), bool)
+    scoped = "in_scope" in labels and labels["in_scope"].notna().all()
+    typical = labels["in_scope"].to_numpy(float) if scoped else np.ones(len(labels))
     tops = member_tops(teacher, texts) if teacher is not None else None
     unsure = doubt(probs, tops)
-    typical = scope_model.score(texts, hashes)[0] if scope_model is not None else np.ones(len(texts))
     vectors = space(teacher, scope_model, texts, probs)
     rows = np.arange(len(labels))
     chosen = []
@@ -111,7 +113,7 @@ def queue(spec: TaskSpec, labels: pd.DataFrame, teacher, scope_model, n: int) ->
     chosen += [int(near[i]) for i in pick(priority[~outside], vectors[~outside], n - len(chosen))] if len(near) else []
     out = labels.iloc[chosen].copy()
     out["priority"] = np.where(outside[chosen], unsure[chosen], priority[chosen])
-    shown = typical if scope_model is not None else [None] * len(texts)
+    shown = typical if scoped else [None] * len(texts)
     out["why"] = [why(probs[i], tops[i] if tops is not None else None, shown[i], bool(outside[i])) for i in chosen]
     return out
 
@@ -123,7 +125,7 @@ def space(teacher, scope_model, texts: list[str], probs: np.ndarray) -> np.ndarr
     if encoder is not None:
         x = np.asarray(encoder.features(texts), dtype=np.float64)
     elif scope_model is not None:
-        return scope_model.vectorizer.transform(scope_model._text(texts))
+        return scope_model.vectors(texts)
     else:
         x = probs
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -174,9 +176,9 @@ def append_seeds(spec: TaskSpec, export: Path, root: Path | None = None) -> tupl
     held = {index.find(str(d))[0] for d in existing["document"]}
     rows = from_label_studio(export, spec)
     rows = rows[(rows["source"] == "annotation") & rows["answer"].notna()]
-    new, skipped = [], 0
+    new, skipped, known = [], 0, set(docs["sha256"])
     for r in rows.itertuples():
-        sha = r.sha256 if r.sha256 in set(docs["sha256"]) else index.find(r.path or r.document)[0]
+        sha = r.sha256 if r.sha256 in known else index.find(r.path or r.document)[0]
         if sha in held:
             skipped += 1
             continue

@@ -35,9 +35,12 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 
 SCOPE_FILE = "scope.pkl"
+COLUMNS = [("in_scope", pa.float64()), ("out_of_scope", pa.bool_()), ("needs_review", pa.bool_())]  # on every label
+FLAGS = tuple(name for name, _ in COLUMNS)
 BLOCK = 512  # query rows per similarity block: BLOCK x reference floats at a time
 
 
@@ -104,20 +107,23 @@ class Scope:
             out[start:start + BLOCK] = np.partition(sims, -k, axis=1)[:, -k:].mean(axis=1)
         return out
 
+    def vectors(self, texts: list[str]):
+        """The texts' TF-IDF rows (sparse, L2-normalised) in the space the similarity is measured in."""
+        return self.vectorizer.transform(self._text(texts))
+
     def similarity(self, texts: list[str], hashes: list[str] | None = None) -> np.ndarray:
         """Each text's mean cosine to its nearest in-scope documents (a document of the reference
         itself is compared with the others, as the threshold was measured)."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
-        return self._similarity(self.vectorizer.transform(self._text(texts)), hashes)
+        return self._similarity(self.vectors(texts), hashes)
 
     def score(self, texts: list[str], hashes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(in_scope: how typical of the in-scope documents each text is (`_typical`), out_of_scope:
         under the threshold)."""
         if not texts:
             return np.zeros(0), np.zeros(0, dtype=bool)
-        cut = self._text(texts)
-        typical = self._typical(self._similarity(self.vectorizer.transform(cut), hashes), [len(t) for t in cut])
+        typical = self._typical(self.similarity(texts, hashes), [len(t) for t in self._text(texts)])
         return typical, typical < self.threshold
 
     def mark(self, rows: list[dict], texts: list[str], hashes: list[str] | None = None) -> list[dict]:

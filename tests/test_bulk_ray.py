@@ -66,18 +66,35 @@ def test_the_ray_engine_labels_like_the_local_engine(clinical_spec, inbox, stude
     assert len(set(_labeled(tmp_path / "ray"))) == 37 and len(_rows_by_path(tmp_path / "ray")) == 41
 
 
+def start_driver(spec, student, out: Path, tmp_path: Path, address: str) -> subprocess.Popen:
+    """A bulk run in its own process (a driver that can be killed), joined to the cluster at `address`."""
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": address}
+    return subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path / "spec.json"), str(student), str(out)],
+                            env=env)
+
+
+def wait_for_shards(out: Path, running, deadline: float, more_than: int = 0) -> None:
+    """Until `out` has committed more than `more_than` label shards, `running()` turns false or the deadline."""
+    while time.time() < deadline and len(bulk.committed(out, "labels")) <= more_than and running():
+        time.sleep(0.05)
+
+
+def assert_every_path_once(out: Path, inbox: Path, valid: int) -> None:
+    rows = _rows_by_path(out)
+    assert sorted(rows) == sorted(str(p) for p in inbox.iterdir())  # nothing lost
+    assert all(len(r) == 1 for r in rows.values())  # nothing twice
+    assert sum(r["kind"] == "labels" for (r,) in rows.values()) == valid
+
+
 def test_a_killed_ray_driver_resumes_with_nothing_lost_or_duplicated(clinical_spec, student, tmp_path, cluster):
     truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
     valid = sum(row["verdict"] == "ok" for row in truth)
     spec = _on_ray(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
-    (tmp_path / "spec.json").write_text(spec.model_dump_json())
     out = tmp_path / "bulk"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": cluster.address}
-    driver = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path / "spec.json"), str(student), str(out)],
-                              env=env)
-    deadline = time.time() + 900  # joining the cluster and starting the actors is slow on a loaded machine
-    while time.time() < deadline and not bulk.committed(out, "labels") and driver.poll() is None:
-        time.sleep(0.05)
+    driver = start_driver(spec, student, out, tmp_path, cluster.address)
+    # joining the cluster and starting the actors is slow on a loaded machine
+    wait_for_shards(out, lambda: driver.poll() is None, time.time() + 900)
     assert driver.poll() is None, f"the driver ended by itself (exit {driver.returncode}) before it was killed"
     driver.send_signal(signal.SIGKILL)
     driver.wait()
@@ -85,7 +102,4 @@ def test_a_killed_ray_driver_resumes_with_nothing_lost_or_duplicated(clinical_sp
     assert 0 < partial < valid, "the kill should land mid-run"
     again = bulk.bulk_label(spec, student, out=out, progress=False)  # on the same cluster
     assert again.counts["skipped"] > 0
-    rows = _rows_by_path(out)
-    assert sorted(rows) == sorted(str(p) for p in (tmp_path / "inbox").iterdir())  # nothing lost
-    assert all(len(r) == 1 for r in rows.values())  # nothing twice
-    assert sum(r["kind"] == "labels" for (r,) in rows.values()) == valid
+    assert_every_path_once(out, tmp_path / "inbox", valid)

@@ -5,10 +5,7 @@ driver killed after a node loss and run again; a listing longer than a wave runs
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,8 +13,8 @@ import pytest
 
 from distillery import bulk, synth
 
-from conftest import REPO
-from test_bulk import KILLABLE, _by_hash, _labeled, _rows_by_path, _same_labels, _spec, student  # noqa: F401
+from test_bulk import _by_hash, _labeled, _rows_by_path, _same_labels, _spec, student  # noqa: F401
+from test_bulk_ray import assert_every_path_once, start_driver, wait_for_shards
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +66,7 @@ def test_a_worker_lost_mid_run_loses_and_duplicates_nothing(clinical_spec, stude
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(r=bulk.bulk_label(spec, student, out=out, progress=False)))
     run.start()
-    deadline = time.time() + 600
-    while time.time() < deadline and not bulk.committed(out, "labels") and run.is_alive():
-        time.sleep(0.05)
+    wait_for_shards(out, run.is_alive, time.time() + 600)
     assert run.is_alive(), "the run ended before the node could be lost"
     lost = workers.pop()
     cluster.remove_node(lost)
@@ -80,10 +75,7 @@ def test_a_worker_lost_mid_run_loses_and_duplicates_nothing(clinical_spec, stude
     run.join(timeout=900)
     assert not run.is_alive(), "the run did not finish after the node loss"
     assert 0 < removed_at < len(truth), "the node should be lost mid-run"
-    rows = _rows_by_path(out)
-    assert sorted(rows) == sorted(str(p) for p in (tmp_path / "inbox").iterdir())  # nothing lost
-    assert all(len(r) == 1 for r in rows.values())  # nothing twice
-    assert sum(r["kind"] == "labels" for (r,) in rows.values()) == valid
+    assert_every_path_once(out, tmp_path / "inbox", valid)
 
 
 def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, student, tmp_path, nodes):
@@ -91,20 +83,14 @@ def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, s
     truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
     valid = sum(row["verdict"] == "ok" for row in truth)
     spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
-    (tmp_path / "spec.json").write_text(spec.model_dump_json())
     out = tmp_path / "bulk"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": cluster.address}
-    driver = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path / "spec.json"), str(student), str(out)],
-                              env=env)
-    deadline = time.time() + 600
-    while time.time() < deadline and not bulk.committed(out, "labels") and driver.poll() is None:
-        time.sleep(0.05)
+    driver = start_driver(spec, student, out, tmp_path, cluster.address)
+    running, deadline = (lambda: driver.poll() is None), time.time() + 600
+    wait_for_shards(out, running, deadline)
     assert driver.poll() is None, f"the driver ended by itself (exit {driver.returncode}) before the node loss"
     cluster.remove_node(workers.pop())
     workers.append(cluster.add_node(num_cpus=WORKER_CPUS))
-    after_loss = len(bulk.committed(out, "labels"))
-    while time.time() < deadline and len(bulk.committed(out, "labels")) == after_loss and driver.poll() is None:
-        time.sleep(0.05)  # the run goes on after the loss: one more shard, then the driver dies
+    wait_for_shards(out, running, deadline, len(bulk.committed(out, "labels")))  # one more shard after the loss
     assert driver.poll() is None, f"the driver ended by itself (exit {driver.returncode}) before it was killed"
     driver.send_signal(signal.SIGKILL)
     driver.wait()
@@ -112,10 +98,7 @@ def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, s
     assert 0 < partial < valid, "the kill should land mid-run"
     again = bulk.bulk_label(spec, student, out=out, progress=False)
     assert again.counts["skipped"] > 0
-    rows = _rows_by_path(out)
-    assert sorted(rows) == sorted(str(p) for p in (tmp_path / "inbox").iterdir())  # nothing lost
-    assert all(len(r) == 1 for r in rows.values())  # nothing twice
-    assert sum(r["kind"] == "labels" for (r,) in rows.values()) == valid
+    assert_every_path_once(out, tmp_path / "inbox", valid)
 
 
 def test_a_listing_longer_than_a_wave_runs_wave_by_wave_holding_one_wave(clinical_spec, student, tmp_path, nodes,

@@ -87,8 +87,9 @@ def test_the_queue_keeps_a_share_for_out_of_scope_documents_and_never_exceeds_n(
 
     texts = [case_text(i) for i in range(3000, 3030)] + OFF_TOPIC
     probs = [[0.5, 0.5] + [0.0] * (len(clinical_spec.output.labels) - 2)] * len(texts)
+    in_scope, outside = fitted.score(texts)
     labels = pd.DataFrame({"sha256": [f"q{i}" for i in range(len(texts))], "text": texts,
-                           "probs": [json.dumps(p) for p in probs], "out_of_scope": fitted.score(texts)[1]})
+                           "probs": [json.dumps(p) for p in probs], "in_scope": in_scope, "out_of_scope": outside})
     chosen = review.queue(clinical_spec, labels, None, fitted, 10)
     assert len(chosen) == 10 and chosen["sha256"].is_unique
     assert chosen["out_of_scope"].sum() == 1 and "out of scope" in " ".join(chosen["why"])

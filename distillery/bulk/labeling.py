@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from distillery.answer import score_answers
+from distillery.scope import FLAGS as SCOPE_FLAGS
 from distillery.spec import TaskSpec
 
 
@@ -15,7 +16,7 @@ def extract_options(spec: TaskSpec) -> dict:
             "read": ing.read}
 
 
-FIELDS = ("label", "ranked", "confidence", "probs", "in_scope", "out_of_scope", "needs_review")
+FIELDS = ("label", "ranked", "confidence", "probs", *SCOPE_FLAGS)
 
 
 def label_fields(spec: TaskSpec, backend, texts: list[str], scope=None, hashes: list[str] | None = None) -> list[dict]:

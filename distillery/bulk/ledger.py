@@ -21,14 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from distillery import lake, pdf
+from distillery import lake, pdf, scope
 from distillery.errors import DistilleryError
 
 LABEL_SCHEMA = pa.schema([
     ("sha256", pa.string()), ("path", pa.string()), ("label", pa.string()), ("ranked", pa.string()),
     ("confidence", pa.float64()), ("probs", pa.string()), ("model", pa.string()), ("task", pa.string()),
-    ("run_id", pa.string()), ("stage", pa.string()), ("duplicate_of", pa.string()),
-    ("in_scope", pa.float64()), ("out_of_scope", pa.bool_()), ("needs_review", pa.bool_()),  # scope.py
+    ("run_id", pa.string()), ("stage", pa.string()), ("duplicate_of", pa.string()), *scope.COLUMNS,
 ])
 QUARANTINE_SCHEMA = pa.schema([
     ("path", pa.string()), ("sha256", pa.string()), ("bytes", pa.int64()), ("reason", pa.string()),

@@ -46,8 +46,7 @@ EXTRACTED = pa.schema([("path", pa.string()), ("sha256", pa.string()), ("bytes",
                        ("text", pa.string()), ("extracted_on", pa.string())])
 LABELED = pa.schema([*(f for f in EXTRACTED if f.name != "text"), ("labeled_on", pa.string()),
                      ("label", pa.string()), ("ranked", pa.string()),
-                     ("confidence", pa.float64()), ("probs", pa.string()), ("in_scope", pa.float64()),
-                     ("out_of_scope", pa.bool_()), ("needs_review", pa.bool_())])
+                     ("confidence", pa.float64()), ("probs", pa.string()), *scope.COLUMNS])
 
 
 def connect():
