@@ -35,12 +35,23 @@ def nodes():
     cluster.shutdown()
 
 
+@pytest.fixture
+def two_workers(nodes):
+    """The cluster with two workers again (a test before may have lost one)."""
+    cluster, workers = nodes
+    while len(workers) < 2:
+        workers.append(cluster.add_node(num_cpus=WORKER_CPUS))
+    cluster.wait_for_nodes()
+    return nodes
+
+
 def _on_nodes(spec, actors: int = 2):
     return spec.model_copy(update={"bulk": spec.bulk.model_copy(
         update={"engine": "ray", "ray_extractors": actors, "ray_labelers": actors})})
 
 
-def test_three_nodes_label_like_the_local_engine_with_work_on_both_workers(clinical_spec, student, tmp_path, nodes):
+def test_three_nodes_label_like_the_local_engine_with_work_on_both_workers(clinical_spec, student, tmp_path,
+                                                                         two_workers):
     import ray
 
     synth.generate_clinical(tmp_path / "inbox", 40, bad_every=10)
@@ -57,8 +68,9 @@ def test_three_nodes_label_like_the_local_engine_with_work_on_both_workers(clini
     assert sum(placed["label"].values()) == on_ray.counts["labeled"]
 
 
-def test_a_worker_lost_mid_run_loses_and_duplicates_nothing(clinical_spec, student, tmp_path, nodes):
-    cluster, workers = nodes
+def test_a_worker_lost_mid_run_loses_and_duplicates_nothing(clinical_spec, student, tmp_path, two_workers):
+    """No node replaces it: the lost actors restart on the worker left where they fit, their tasks retried."""
+    cluster, workers = two_workers
     truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
     valid = sum(row["verdict"] == "ok" for row in truth)
     spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
@@ -71,15 +83,15 @@ def test_a_worker_lost_mid_run_loses_and_duplicates_nothing(clinical_spec, stude
     lost = workers.pop()
     cluster.remove_node(lost)
     removed_at = len(_rows_by_path(out))
-    workers.append(cluster.add_node(num_cpus=WORKER_CPUS))  # what an autoscaler does: another node joins
     run.join(timeout=900)
     assert not run.is_alive(), "the run did not finish after the node loss"
     assert 0 < removed_at < len(truth), "the node should be lost mid-run"
     assert_every_path_once(out, tmp_path / "inbox", valid)
 
 
-def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, student, tmp_path, nodes):
-    cluster, workers = nodes
+def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, student, tmp_path, two_workers):
+    """Then the rerun on the one worker left completes the rest."""
+    cluster, workers = two_workers
     truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
     valid = sum(row["verdict"] == "ok" for row in truth)
     spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
@@ -89,7 +101,6 @@ def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, s
     wait_for_shards(out, running, deadline)
     assert driver.poll() is None, f"the driver ended by itself (exit {driver.returncode}) before the node loss"
     cluster.remove_node(workers.pop())
-    workers.append(cluster.add_node(num_cpus=WORKER_CPUS))
     wait_for_shards(out, running, deadline, len(bulk.committed(out, "labels")))  # one more shard after the loss
     assert driver.poll() is None, f"the driver ended by itself (exit {driver.returncode}) before it was killed"
     driver.send_signal(signal.SIGKILL)
@@ -101,8 +112,8 @@ def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, s
     assert_every_path_once(out, tmp_path / "inbox", valid)
 
 
-def test_a_listing_longer_than_a_wave_runs_wave_by_wave_holding_one_wave(clinical_spec, student, tmp_path, nodes,
-                                                                        monkeypatch):
+def test_a_listing_longer_than_a_wave_runs_wave_by_wave_holding_one_wave(clinical_spec, student, tmp_path,
+                                                                        two_workers, monkeypatch):
     from distillery.bulk import ray as ray_engine
 
     synth.generate_clinical(tmp_path / "inbox", 90, bad_every=10)
@@ -112,8 +123,24 @@ def test_a_listing_longer_than_a_wave_runs_wave_by_wave_holding_one_wave(clinica
     monkeypatch.setattr(ray_engine, "WAVE", 25)
     monkeypatch.setattr(ray_engine, "_dataset", lambda ray, spec, student, wave, run: waves.append(len(wave)) or
                         real(ray, spec, student, wave, run))
+    listed, ahead = [0], []  # files listed so far; at each result, files listed but not yet back
+
+    def counted(source, real_items=bulk._items):
+        for item in real_items(source):
+            listed[0] += 1
+            yield item
+
+    def watched(*args, real_events=ray_engine.events):
+        for event in real_events(*args):
+            ahead.append(listed[0] - len(ahead))
+            yield event
+
+    monkeypatch.setattr(bulk, "_items", counted)
+    monkeypatch.setattr(ray_engine, "events", watched)
     result = bulk.bulk_label(spec, student, out=tmp_path / "bulk", progress=False)
-    assert waves == [25, 25, 25, 15]  # the driver never holds more than a wave of the listing
+    assert waves == [25, 25, 25, 15]
+    assert len(ahead) + result.counts["duplicates"] == 90  # a copy of a file done is no event
+    assert max(ahead) <= 25  # the driver never holds more than a wave of the listing (copies counted as held)
     rows = _rows_by_path(tmp_path / "bulk")
     assert len(rows) == 90 and all(len(r) == 1 for r in rows.values())
     assert result.counts["labeled"] + result.counts["quarantined"] + result.counts["duplicates"] == 90
