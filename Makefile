@@ -151,8 +151,10 @@ bench-grpo-step: ## GRPO forward+backward, TRL's path vs shared prompt, at the d
 	$(PY) -m bench.grpo_step --spec $(SPEC) --profile $(PROFILE)
 
 .PHONY: bench-bulk
-bench-bulk: ## bulk labeling at scale (MODEL=path: another labeling model; CORPUS=texlive_dev: the real manuals): end-to-end vs extraction-only vs inference-only, bare loops, MFU -> data/bench/bulk[_CORPUS].json
-ifeq ($(CORPUS),texlive_dev)
+bench-bulk: ## bulk labeling at scale (MODEL=path: another labeling model; CORPUS=texlive_dev: the real manuals; ENGINE=ray: bench-bulk-ray): end-to-end vs extraction-only vs inference-only, bare loops, MFU -> data/bench/bulk[_CORPUS].json
+ifeq ($(ENGINE),ray)
+	$(MAKE) --no-print-directory bench-bulk-ray
+else ifeq ($(CORPUS),texlive_dev)
 	$(PY) -m bench.bulk --spec data/texlive/texlive_dev.yaml --profile $(PROFILE) --pdfs data/texlive/pdfs --name texlive_dev $(if $(MODEL),--model $(MODEL))
 else
 	$(PY) -m bench.bulk --spec $(SPEC) --profile $(PROFILE) --docs $(or $(DOCS),5000) $(if $(MODEL),--model $(MODEL))
