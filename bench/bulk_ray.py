@@ -28,11 +28,14 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from bench import common
 from bench.bulk import make_corpus
@@ -44,11 +47,19 @@ def rows_by_path(out: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for kind in ("labels", "quarantine"):
         for f in bulk.committed(out, kind):
-            import pyarrow.parquet as pq
-
             for p in pq.read_table(f, columns=["path"]).column("path").to_pylist():
                 counts[p] = counts.get(p, 0) + 1
     return counts
+
+
+def linked(paths: list[str], folder: Path) -> Path:
+    """`folder` holding a link to each of `paths`: these files as a source, without the rest of their folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        link = folder / Path(p).name
+        if not link.exists():
+            link.symlink_to(Path(p).resolve())
+    return folder
 
 
 def timed_waves(record: list, streamed: list):
@@ -78,11 +89,7 @@ def wave_wait(record: list[list[float]]) -> float:
 
 def driver_rss(spec, student: Path, corpus: Path, docs: int, wave: int, scratch: Path, address: str) -> dict:
     """The driver's peak RSS on `docs` files in waves of `wave`, in a process of its own."""
-    source = scratch / f"rss-source-{docs}"
-    source.mkdir(parents=True, exist_ok=True)
-    for p in make_corpus(corpus, docs)[:docs]:
-        if not (source / Path(p).name).exists():
-            (source / Path(p).name).symlink_to(Path(p).resolve())
+    source = linked(make_corpus(corpus, docs)[:docs], scratch / f"rss-source-{docs}")
     spec = spec.model_copy(update={"bulk": spec.bulk.model_copy(update={"source": str(source)})})
     (scratch / "spec.json").write_text(spec.model_dump_json())
     env = {**os.environ, "RAY_ADDRESS": address}
@@ -131,19 +138,12 @@ def run(spec_path: str, profile: str, docs: int, nodes: int, worker_cpus: int, w
     student = Path(common.stage_outputs(spec, "student")["model"])
     folder = common.bench_dir() / "bulk-corpus"
     paths = make_corpus(folder, docs)[:docs]
-    source = common.bench_dir() / "bulk-ray-source"
-    source.mkdir(parents=True, exist_ok=True)
-    for p in paths:  # the same files for every arm, without the rest of the shared corpus folder
-        link = source / Path(p).name
-        if not link.exists():
-            link.symlink_to(Path(p).resolve())
+    source = linked(paths, common.bench_dir() / "bulk-ray-source")  # the same files for every arm
     common.warm_page_cache(paths)
     spec = spec.model_copy(update={"bulk": spec.bulk.model_copy(update={"source": str(source)})})
     on_ray = spec.model_copy(update={"bulk": spec.bulk.model_copy(
         update={"engine": "ray", "ray_extractors": nodes - 1, "ray_labelers": nodes - 1})})
     scratch = common.bench_dir() / "bulk-ray-runs"
-    import shutil
-
     shutil.rmtree(scratch, ignore_errors=True)
     started = time.perf_counter()
     local = bulk.bulk_label(spec, student, out=scratch / "local", progress=False)

@@ -77,8 +77,9 @@ class Scope:
                                           dtype=np.float32)
         self.reference = self.vectorizer.fit_transform(texts).T.tocsr()
         loo = self._similarity(self.reference.T.tocsr(), [h for h, _ in kept])
-        self.calibration, self.lengths = np.sort(loo), np.sort([len(t) for t in texts])
-        typical = self._typical(loo, [len(t) for t in texts])  # each document's similarity beside its own length
+        lengths = [len(t) for t in texts]
+        self.calibration, self.lengths = np.sort(loo), np.sort(lengths)
+        typical = self._typical(loo, lengths)  # each document's similarity beside its own length
         self.threshold = float(np.quantile(typical, self.share)) if self.share > 0 else -np.inf
         return self
 
@@ -123,7 +124,7 @@ class Scope:
         under the threshold)."""
         if not texts:
             return np.zeros(0), np.zeros(0, dtype=bool)
-        typical = self._typical(self.similarity(texts, hashes), [len(t) for t in self._text(texts)])
+        typical = self._typical(self.similarity(texts, hashes), [min(len(t), self.chars) for t in texts])  # _text's
         return typical, typical < self.threshold
 
     def mark(self, rows: list[dict], texts: list[str], hashes: list[str] | None = None) -> list[dict]:

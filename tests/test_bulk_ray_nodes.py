@@ -19,6 +19,7 @@ from test_bulk_ray import assert_every_path_once, start_driver, wait_for_shards
 pytestmark = pytest.mark.slow
 
 WORKER_CPUS = 3  # two extractors and two labelers (1 CPU each) cannot fit on one worker
+LOSS_FILES = 120  # with shards of 4: a run long enough to lose a node in
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,13 @@ def _on_nodes(spec, actors: int = 2):
         update={"engine": "ray", "ray_extractors": actors, "ray_labelers": actors})})
 
 
+def _a_run_to_lose_a_node_in(clinical_spec, tmp_path):
+    """(spec on both workers, its output folder, valid files) for LOSS_FILES files in shards of 4."""
+    truth = synth.generate_clinical(tmp_path / "inbox", LOSS_FILES, bad_every=10)
+    spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
+    return spec, tmp_path / "bulk", sum(row["verdict"] == "ok" for row in truth)
+
+
 def test_three_nodes_label_like_the_local_engine_with_work_on_both_workers(clinical_spec, student, tmp_path,
                                                                          two_workers):
     import ray
@@ -71,31 +79,24 @@ def test_three_nodes_label_like_the_local_engine_with_work_on_both_workers(clini
 def test_a_worker_lost_mid_run_loses_and_duplicates_nothing(clinical_spec, student, tmp_path, two_workers):
     """No node replaces it: the lost actors restart on the worker left where they fit, their tasks retried."""
     cluster, workers = two_workers
-    truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
-    valid = sum(row["verdict"] == "ok" for row in truth)
-    spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
-    out = tmp_path / "bulk"
+    spec, out, valid = _a_run_to_lose_a_node_in(clinical_spec, tmp_path)
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(r=bulk.bulk_label(spec, student, out=out, progress=False)))
     run.start()
     wait_for_shards(out, run.is_alive, time.time() + 600)
     assert run.is_alive(), "the run ended before the node could be lost"
-    lost = workers.pop()
-    cluster.remove_node(lost)
+    cluster.remove_node(workers.pop())
     removed_at = len(_rows_by_path(out))
     run.join(timeout=900)
     assert not run.is_alive(), "the run did not finish after the node loss"
-    assert 0 < removed_at < len(truth), "the node should be lost mid-run"
+    assert 0 < removed_at < LOSS_FILES, "the node should be lost mid-run"
     assert_every_path_once(out, tmp_path / "inbox", valid)
 
 
 def test_a_driver_killed_after_a_node_loss_resumes_exactly_once(clinical_spec, student, tmp_path, two_workers):
     """Then the rerun on the one worker left completes the rest."""
     cluster, workers = two_workers
-    truth = synth.generate_clinical(tmp_path / "inbox", 120, bad_every=10)
-    valid = sum(row["verdict"] == "ok" for row in truth)
-    spec = _on_nodes(_spec(clinical_spec, tmp_path / "inbox", shard_size=4))
-    out = tmp_path / "bulk"
+    spec, out, valid = _a_run_to_lose_a_node_in(clinical_spec, tmp_path)
     driver = start_driver(spec, student, out, tmp_path, cluster.address)
     running, deadline = (lambda: driver.poll() is None), time.time() + 600
     wait_for_shards(out, running, deadline)
